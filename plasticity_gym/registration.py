@@ -8,11 +8,11 @@ import gymnasium as gym
 _ENTRY_POINTS: dict[str, tuple[str, str | None]] = {
     "PermutedMNIST-v0": (
         "plasticity_gym.envs.permuted_mnist:PermutedMNISTEnv",
-        None,
+        "plasticity_gym.envs.vector:PermutedMNISTVectorEnv",
     ),
     "SlowRegression-v0": (
         "plasticity_gym.envs.slow_regression:SlowRegressionEnv",
-        None,
+        "plasticity_gym.envs.vector:SlowRegressionVectorEnv",
     ),
     "ContinualImageNet-v0": ("plasticity_gym.envs.unbuilt:make_continual_imagenet", None),
     "ClassIncCIFAR100-v0": ("plasticity_gym.envs.unbuilt:make_class_inc_cifar100", None),
@@ -20,6 +20,10 @@ _ENTRY_POINTS: dict[str, tuple[str, str | None]] = {
 }
 
 ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)
+# Ids whose environment exists; the others fail with EnvNotBuiltError until their issue lands.
+BUILT_ENV_IDS: tuple[str, ...] = tuple(
+    env_id for env_id, (entry_point, _) in _ENTRY_POINTS.items() if ".unbuilt:" not in entry_point
+)
 
 
 def register_envs() -> None:
