@@ -122,11 +122,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class AgentProtocolError(TypeError):
+    """The object a factory returned does not follow the Agent protocol."""
+
+
 def _check_agent(agent: Any, ident: str) -> None:
     missing = [a for a in ("act", "observe") if not callable(getattr(agent, a, None))]
     if missing or not hasattr(agent, "uses_task_boundaries"):
         missing += [] if hasattr(agent, "uses_task_boundaries") else ["uses_task_boundaries"]
-        raise TypeError(
+        raise AgentProtocolError(
             f"agent {ident!r} does not follow the Agent protocol (agents/protocol.py): "
             f"missing {', '.join(missing)}"
         )
@@ -458,34 +462,57 @@ def evaluate(
         run.save_checkpoint(None, None)
 
     assert run.env_rec is not None and run.agent_rec is not None and run.metric is not None
+    result = build_result(
+        env_rec=run.env_rec, agent_rec=run.agent_rec, metric=run.metric, bin_examples=run.bin_examples,
+        probe_every=probe_every, probe_size=probe_size, device=dev, seeds=seeds, runs=run.done,
+        command=command, fallback_wall_s=time.perf_counter() - t_start,
+    )
+    if out is not None:
+        result.save(out)
+    if run.checkpoint is not None and run.checkpoint.exists():
+        run.checkpoint.unlink()  # the result now holds everything the checkpoint did
+    return result
+
+
+def build_result(
+    *,
+    env_rec: dict[str, Any],
+    agent_rec: dict[str, Any],
+    metric: str,
+    bin_examples: int | None,
+    probe_every: int,
+    probe_size: int,
+    device: str,
+    seeds: Sequence[int],
+    runs: list[dict[str, Any]],
+    command: str,
+    fallback_wall_s: float = 0.0,
+) -> Result:
+    """Assemble and validate a result entry from finished per-seed runs."""
     data = {
         "schema_version": SCHEMA_VERSION,
-        "env": run.env_rec,
-        "agent": run.agent_rec,
+        "env": env_rec,
+        "agent": agent_rec,
         "protocol": {
-            "metric": run.metric,
+            "metric": metric,
             "probe_every_tasks": probe_every,
             "probe_size": probe_size,
-            "bin_examples": run.bin_examples,
-            "device": dev,
+            "bin_examples": bin_examples,
+            "device": device,
         },
-        "seeds": seeds,
-        "runs": run.done,
-        "summary": summarize(run.metric, run.done),
+        "seeds": list(seeds),
+        "runs": runs,
+        "summary": summarize(metric, runs),
         "provenance": {
             "command": command,
             "created": now_iso(),
-            "wall_time_s": round(sum(r["wall_time_s"] for r in run.done) or (time.perf_counter() - t_start), 3),
-            "hardware": hardware(dev),
+            "wall_time_s": round(sum(r["wall_time_s"] for r in runs) or fallback_wall_s, 3),
+            "hardware": hardware(device),
             "versions": versions(),
         },
     }
     result = Result(to_jsonable(data))
     result.validate()
-    if out is not None:
-        result.save(out)
-    if run.checkpoint is not None and run.checkpoint.exists():
-        run.checkpoint.unlink()  # the result now holds everything the checkpoint did
     return result
 
 

@@ -1,0 +1,206 @@
+"""Head-to-head: several agents on the identical stream through the arena, per seed.
+
+Each agent's runs become an ordinary result entry (so a comparison can be plotted or
+submitted), and the agents are ranked by the board's primary metric with paired differences:
+per seed, the leader's metric minus the other's (signed so that positive means the leader is
+better), then the mean and a percentile-bootstrap 95% CI over seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from plasticity_gym.arena import SupervisedArena
+from plasticity_gym.harness.evaluate import (
+    AgentFactory,
+    _check_agent,
+    _Plasticity,
+    agent_record,
+    build_result,
+    env_record,
+    metric_of,
+    probe,
+    resolve_agent,
+    resolve_device,
+)
+from plasticity_gym.harness.progress import Progress, progress_wanted
+from plasticity_gym.harness.recorder import StreamRecorder, default_bin_examples
+from plasticity_gym.harness.result import Result, bootstrap_ci
+
+
+@dataclass
+class Comparison:
+    """Per-agent results of a head-to-head run, ranked."""
+
+    results: dict[str, Result]  # learner name -> result entry
+    metric: str  # the primary metric compared
+    higher_is_better: bool
+    ranking: list[str]  # learner names, best first
+    gaps: dict[str, tuple[float, float, float]]  # name -> (mean gap to leader, ci_low, ci_high)
+
+    def report(self) -> str:
+        first = self.results[self.ranking[0]]
+        n = len(first.seeds)
+        better = "higher" if self.higher_is_better else "lower"
+        lines = [
+            f"{first.env_id} (scale {first.scale}), {n} seed{'s' if n > 1 else ''}, identical stream per seed; "
+            f"{self.metric} ({better} is better), mean [95% bootstrap CI over seeds]"
+        ]
+        width = max(len(k) for k in self.ranking)
+        for rank, name in enumerate(self.ranking, 1):
+            m = self.results[name].summary[self.metric]
+            line = f"  {rank}. {name.ljust(width)}  {_num(m['value'])} [{_num(m['ci_low'])}, {_num(m['ci_high'])}]"
+            if name in self.gaps:
+                g, lo, hi = self.gaps[name]
+                line += f"   behind {self.ranking[0]} by {_num(g)} [{_num(lo)}, {_num(hi)}]"
+            lines.append(line)
+        leader = self.ranking[0]
+        for name in self.ranking[1:]:
+            g, lo, hi = self.gaps[name]
+            verdict = "ahead of" if lo > 0 else "not clearly ahead of (the CI includes 0)"
+            lines.append(
+                f"{leader} is {verdict} {name}: by {_num(g)} in {self.metric} (95% CI {_num(lo)} to {_num(hi)}, "
+                f"paired over {n} seed{'s' if n > 1 else ''})"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None or v != v else f"{v:.4g}"
+
+
+def learner_names(agents: Sequence[str | AgentFactory]) -> list[str]:
+    """Readable distinct names: the reference name or the factory's name, ``#2`` on repeats."""
+    names: list[str] = []
+    for a in agents:
+        base = a.split(":")[-1].split(".")[-1] if isinstance(a, str) else getattr(a, "__name__", "agent")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+def compare(
+    env_id: str,
+    agents: Sequence[str | AgentFactory],
+    scale: str = "cpu",
+    seeds: Sequence[int] = (0,),
+    env_kwargs: Mapping[str, Any] | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str = "auto",
+    probe_every: int = 1,
+    probe_size: int = 2000,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> Comparison:
+    """Run ``agents`` head-to-head on ``env_id`` (one arena per seed) and rank them.
+
+    ``overrides`` maps a learner name (as :func:`learner_names` gives it) to its overrides.
+    """
+    if len(agents) < 2:
+        raise ValueError("compare needs at least two agents")
+    seeds = [int(s) for s in seeds]
+    names = learner_names(agents)
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise ValueError(f"overrides for unknown learner(s) {sorted(unknown)}; learners: {names}")
+    dev = resolve_device(device)
+    specs = {
+        n: resolve_agent(a, env_id=env_id, scale=scale, overrides=overrides.get(n))
+        for n, a in zip(names, agents)
+    }
+    command = command or (
+        f"plasticity_gym.harness.compare({env_id!r}, {[s.ident for s in specs.values()]!r}, "
+        f"scale={scale!r}, seeds={seeds})"
+    )
+    show = progress_wanted() if progress is None else progress
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    recs: dict[str, dict[str, Any]] = {}
+    env_rec: dict[str, Any] | None = None
+    metric = bin_examples = None
+    for i, seed in enumerate(seeds):
+        arena = SupervisedArena(env_id, names, scale=scale, env_kwargs=env_kwargs)
+        obs, infos = arena.reset(seed=seed)
+        env0 = arena.env_of(names[0])
+        if env_rec is None:
+            env_rec = env_record(env_id, env0)
+            metric = metric_of(arena.action_space(names[0]))
+            bin_examples = default_bin_examples(int(env0.n_examples_total)) if metric == "squared_error" else None
+        learners = {}
+        for n in names:
+            learners[n] = specs[n].build(arena.observation_space(n), arena.action_space(n), seed, dev)
+            _check_agent(learners[n], specs[n].ident)
+            recs.setdefault(n, agent_record(learners[n], specs[n]))
+        recorders = {n: StreamRecorder(metric, bin_examples) for n in names}
+        plast = {n: _Plasticity() for n in names}
+        total = int(env0.n_examples_total)
+        bar = Progress(total * len(seeds), enabled=show, done=i * total,
+                       label=f"{env_id} {' vs '.join(names)} seed {seed} ({i + 1}/{len(seeds)})  ")
+        examples, last_probed, t0 = 0, -1, time.perf_counter()
+        while arena.agents:
+            info0 = infos[names[0]]
+            if probe_every and (info0["next_task_boundary"] or last_probed < 0):
+                task = int(info0["next_task_id"])
+                if task > last_probed and task % probe_every == 0:
+                    for n in names:
+                        values = probe(arena.env_of(n), learners[n], probe_size)
+                        if values is not None:
+                            plast[n].add(task, values)
+                    last_probed = task
+            actions = {n: learners[n].act(obs[n], infos[n]) for n in names}
+            next_obs, rewards, _, _, next_infos = arena.step(actions)
+            for n in names:
+                learners[n].observe(obs[n], actions[n], rewards[n], next_infos[n])
+                k = recorders[n].record(rewards[n], next_infos[n])
+            examples += k
+            obs, infos = next_obs, next_infos
+            bar.update(i * total + examples)
+        bar.close(i * total + examples)
+        wall = (time.perf_counter() - t0) / len(names)  # the learners shared the wall clock
+        for n in names:
+            runs[n].append({
+                "seed": seed, "n_examples": examples, "wall_time_s": round(wall, 3),
+                "series": recorders[n].finish(), "plasticity": plast[n].as_dict(),
+            })
+        arena.close()
+
+    assert env_rec is not None and metric is not None
+    results = {
+        n: build_result(
+            env_rec=env_rec, agent_rec=recs[n], metric=metric, bin_examples=bin_examples,
+            probe_every=probe_every, probe_size=probe_size, device=dev, seeds=seeds, runs=runs[n],
+            command=command,
+        )
+        for n in names
+    }
+    return rank(results)
+
+
+def rank(results: Mapping[str, Result]) -> Comparison:
+    """Rank results of the same seeds by their primary metric; paired gaps to the leader."""
+    names = list(results)
+    first = results[names[0]]
+    metric = first.primary
+    higher = first.summary[metric]["higher_is_better"]
+    for n in names:
+        if results[n].seeds != first.seeds or results[n].board_key() != first.board_key():
+            raise ValueError(f"{n}: results compared head-to-head must share board and seeds")
+
+    def value(n: str) -> float:
+        v = results[n].summary[metric]["value"]
+        return float("-inf") if v is None else (v if higher else -v)
+
+    ranking = sorted(names, key=value, reverse=True)
+    sign = 1.0 if higher else -1.0
+    lead = results[ranking[0]].summary[metric]["per_seed"]
+    gaps = {}
+    for n in ranking[1:]:
+        other = results[n].summary[metric]["per_seed"]
+        diffs = [sign * (a - b) if a is not None and b is not None else float("nan") for a, b in zip(lead, other)]
+        gaps[n] = bootstrap_ci(diffs)
+    return Comparison(dict(results), metric, higher, ranking, gaps)

@@ -1,0 +1,109 @@
+"""Figures of result entries: the per-task curves and the plasticity metrics, with a 95%
+bootstrap band over seeds, several entries on one figure. Needs matplotlib (``.[plot]``)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from plasticity_gym.harness._io import _atomic_write
+from plasticity_gym.harness.result import Result, bootstrap_band
+
+# Plasticity panels, in order of preference, when the probes recorded them.
+_PLASTICITY_PANELS = (
+    ("dead_pct", "dead units (%)"),
+    ("dormant_pct", "dormant units (%)"),
+    ("avg_weight_magnitude", "average |w|"),
+    ("effective_rank", "effective rank"),
+    ("stable_rank", "stable rank"),
+)
+_MAX_PLASTICITY_PANELS = 3
+
+
+def _curve_panels(results: Sequence[Result]) -> list[tuple[str, str, str]]:
+    """(series, y label, x label) for the stream curves the entries have."""
+    metric = results[0].data["protocol"]["metric"]
+    if metric == "squared_error":
+        return [("binned", "squared error (binned)", "bin")]
+    panels = [("online", "online accuracy", "task")]
+    if any("test" in r["series"] for res in results for r in res.data["runs"]):
+        panels.append(("test", "test accuracy", "task"))
+    return panels
+
+
+def _plasticity_matrix(res: Result, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    runs = res.data["runs"]
+    if not all(key in r["plasticity"]["metrics"] for r in runs):
+        return None
+    n = max(len(r["plasticity"]["task"]) for r in runs)
+    m = np.full((len(runs), n), np.nan)
+    for i, r in enumerate(runs):
+        vals = r["plasticity"]["metrics"][key]
+        m[i, : len(vals)] = [np.nan if v is None else v for v in vals]
+    longest = max(runs, key=lambda r: len(r["plasticity"]["task"]))
+    return np.asarray(longest["plasticity"]["task"]), m
+
+
+def _band(ax, x, m, label, color) -> None:
+    mean, lo, hi = bootstrap_band(m)
+    ax.plot(x, mean, label=label, color=color, lw=1.4)
+    if m.shape[0] > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0)
+
+
+def plot_results(results: Sequence[Result], out: str | Path, *, title: str | None = None) -> Path:
+    """Draw ``results`` to ``out`` (PNG/PDF/SVG by extension), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("nothing to plot")
+    metrics = {r.data["protocol"]["metric"] for r in results}
+    if len(metrics) > 1:
+        raise ValueError("cannot put classification and regression entries on one figure")
+    curves = _curve_panels(results)
+    plast = [
+        (k, lab) for k, lab in _PLASTICITY_PANELS
+        if any(_plasticity_matrix(r, k) is not None for r in results)
+    ][:_MAX_PLASTICITY_PANELS]
+    panels = len(curves) + len(plast)
+    ncols = min(panels, 3)
+    nrows = -(-panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    flat = list(axes.ravel())
+    for j, res in enumerate(results):
+        color = colors[j % len(colors)]
+        label = f"{res.agent_name} ({len(res.seeds)} seed{'s' if len(res.seeds) > 1 else ''})"
+        for ax, (series, _, _) in zip(flat, curves):
+            m = res.series(series)
+            if m.size:
+                x = np.asarray(max((r["series"].get(series, {"index": []})["index"] for r in res.data["runs"]), key=len))
+                _band(ax, x, m, label, color)
+        for ax, (key, _) in zip(flat[len(curves):], plast):
+            got = _plasticity_matrix(res, key)
+            if got is not None:
+                _band(ax, got[0], got[1], label, color)
+    for ax, (_, ylab, xlab) in zip(flat, curves):
+        ax.set_xlabel(xlab)
+        ax.set_ylabel(ylab)
+    for ax, (_, ylab) in zip(flat[len(curves):], plast):
+        ax.set_xlabel("task")
+        ax.set_ylabel(ylab)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    flat[0].legend(fontsize=8)
+    first = results[0].data["env"]
+    fig.suptitle(title or f"{first['id']} (scale {first['scale']}) — mean over seeds, 95% bootstrap band")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    out = Path(out)
+    fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=110)
+    plt.close(fig)
+    _atomic_write(out, buf.getvalue())
+    return out
