@@ -1,0 +1,38 @@
+"""Registration: the five ids, the plasticity_gym: prefix, and clear errors for unbuilt ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+
+import plasticity_gym
+from plasticity_gym.envs.unbuilt import EnvNotBuiltError
+from plasticity_gym.registration import BUILT_ENV_IDS, ENV_IDS
+
+
+def test_all_five_ids_registered():
+    assert set(ENV_IDS) == {"PermutedMNIST-v0", "SlowRegression-v0", "ContinualImageNet-v0",
+                            "ClassIncCIFAR100-v0", "AntFriction-v0"}
+    assert all(env_id in gym.registry for env_id in ENV_IDS)
+    assert plasticity_gym.ENV_IDS == ENV_IDS
+
+
+@pytest.mark.parametrize("env_id", sorted(set(ENV_IDS) - set(BUILT_ENV_IDS)))
+def test_unbuilt_ids_fail_clearly(env_id):
+    with pytest.raises(EnvNotBuiltError, match=f"{env_id} is registered but not built"):
+        gym.make(env_id)
+
+
+def test_make_with_module_prefix_in_fresh_interpreter():
+    code = (
+        "import gymnasium as gym\n"
+        "env = gym.make('plasticity_gym:PermutedMNIST-v0', scale='smoke')\n"
+        "obs, info = env.reset(seed=0)\n"
+        "print(obs.shape, env.unwrapped.data_id['name'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "(1, 784) mnist-embedded-5k" in result.stdout
