@@ -1,0 +1,72 @@
+"""Reference agents for plasticity-gym: the agent protocol, networks, the one CBP core, baselines.
+
+``make_agent(name, observation_space, action_space, *, env_id=None, scale=None, overrides=None,
+seed=0, device="auto")`` builds a reference agent from its named defaults for (env id, scale)
+with ``overrides`` (a nested dict, validated) on top. Agents never see an env object, only
+spaces, observations, actions, rewards and ``info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from agents.config import (
+    CBPConfig,
+    LearnerConfig,
+    NetworkConfig,
+    OptimizerConfig,
+    ReDoConfig,
+    ShrinkPerturbConfig,
+    config_hash,
+)
+from agents.defaults import AGENT_NAMES, SCALES, default_config, defaults_table
+from agents.learners import SupervisedLearner, task_spec
+from agents.protocol import Agent
+
+__all__ = [
+    "AGENT_NAMES",
+    "SCALES",
+    "Agent",
+    "CBPConfig",
+    "LearnerConfig",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "ReDoConfig",
+    "ShrinkPerturbConfig",
+    "SupervisedLearner",
+    "config_hash",
+    "default_config",
+    "defaults_table",
+    "make_agent",
+    "resolve_config",
+]
+
+
+def resolve_config(name: str, observation_space: gym.Space, action_space: gym.Space, *,
+                   env_id: str | None = None, scale: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> LearnerConfig:
+    """The validated config ``make_agent`` would use (defaults, then ``overrides``)."""
+    from agents.config import deep_merge
+
+    spec = task_spec(observation_space, action_space)
+    base = default_config(name, env_id, scale, spec)
+    return LearnerConfig.from_dict(deep_merge(base, overrides))
+
+
+def make_agent(name: str, observation_space: gym.Space, action_space: gym.Space, *,
+               env_id: str | None = None, scale: str | None = None,
+               overrides: dict[str, Any] | None = None, seed: int = 0,
+               device: str = "auto") -> SupervisedLearner:
+    """Build reference agent ``name`` (one of ``AGENT_NAMES``).
+
+    ``scale`` defaults to ``"cpu"``; an unknown ``env_id`` gets generic defaults inferred from the
+    spaces. ``overrides`` is a nested dict merged onto the defaults, e.g.
+    ``{"optimizer": {"lr": 0.003}, "cbp": {"replacement_rate": 1e-5}}``; unknown keys and bad
+    values raise ``ValueError``. ``device="auto"`` picks CUDA when available.
+    """
+    config = resolve_config(name, observation_space, action_space, env_id=env_id, scale=scale,
+                            overrides=overrides)
+    return SupervisedLearner(name, config, observation_space, action_space, seed=seed,
+                             device=device)

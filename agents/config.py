@@ -1,0 +1,287 @@
+"""Typed, validated, frozen configs for the reference agents (docs/design.md §3).
+
+Every config is a frozen dataclass built with ``Config.from_dict(d)``, which rejects an unknown
+key (naming it and listing the valid ones), checks every value's type and range, and fills the
+rest from the defaults. ``to_dict`` gives plain JSON data; ``config_hash`` is the sha256 of its
+canonical JSON. (The paper's reference code silently fell back to defaults on a misspelt key;
+this is why nothing here is lenient.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, Union
+
+__all__ = [
+    "CBPConfig",
+    "ConfigBase",
+    "LearnerConfig",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "ReDoConfig",
+    "ShrinkPerturbConfig",
+    "config_hash",
+    "deep_merge",
+]
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+class ConfigBase:
+    """Mixin for the frozen config dataclasses."""
+
+    _section: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any] | None = None, *, _path: str | None = None) -> C:
+        path = _path or cls.__name__
+        d = {} if d is None else d
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a dict, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(sorted(fields))}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in d.items():
+            kwargs[name] = _coerce(value, hints[name], f"{path}.{name}", fields[name].metadata)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, ConfigBase):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    def config_hash(self) -> str:
+        return config_hash(self.to_dict())
+
+    def replace(self: C, **changes: Any) -> C:
+        """A validated copy with ``changes`` applied (nested dicts merge into sections)."""
+        return type(self).from_dict(deep_merge(self.to_dict(), changes))
+
+
+def config_hash(d: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``d``."""
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top; a dict merges into a dict (or into a ``None`` section)."""
+    out = dict(base)
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _coerce(value: Any, tp: Any, path: str, meta: dict | Any) -> Any:
+    optional, tp = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{path}: must not be None")
+    if isinstance(tp, type) and issubclass(tp, ConfigBase):
+        if isinstance(value, tp):
+            return value
+        return tp.from_dict(value, _path=path)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            elem_types = [args[0]] * len(value)
+        else:
+            if len(value) != len(args):
+                raise ValueError(f"{path}: expected {len(args)} values, got {len(value)}")
+            elem_types = list(args)
+        items = tuple(_scalar(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, elem_types)))
+        for i, v in enumerate(items):
+            _check(v, f"{path}[{i}]", meta)
+        return items
+    v = _scalar(value, tp, path)
+    _check(v, path, meta)
+    return v
+
+
+def _scalar(value: Any, tp: Any, path: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{path}: expected a bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"{path}: expected an int, got {type(value).__name__} {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"{path}: must be finite, got {v}")
+        return v
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported config type {tp!r}")
+
+
+def _check(v: Any, path: str, meta: Any) -> None:
+    choices = meta.get("choices") if meta else None
+    if choices is not None and v not in choices:
+        raise ValueError(f"{path}: {v!r} is not one of {', '.join(map(repr, choices))}")
+    rng = meta.get("range") if meta else None
+    if rng is not None:
+        lo, hi, lo_open, hi_open = rng
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise ValueError(f"{path}: {v!r} must be {'>' if lo_open else '>='} {lo}")
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            raise ValueError(f"{path}: {v!r} must be {'<' if hi_open else '<='} {hi}")
+
+
+def _validate_all(obj: ConfigBase) -> None:
+    """Run the same checks on a directly constructed config (``__post_init__``)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        v = getattr(obj, f.name)
+        if isinstance(v, dict):
+            v = _coerce(v, hints[f.name], f"{type(obj).__name__}.{f.name}", f.metadata)
+            object.__setattr__(obj, f.name, v)
+        elif isinstance(v, list):
+            object.__setattr__(obj, f.name, tuple(v))
+        if not isinstance(getattr(obj, f.name), ConfigBase):
+            _coerce(getattr(obj, f.name), hints[f.name], f"{type(obj).__name__}.{f.name}", f.metadata)
+
+
+@dataclass(frozen=True)
+class NetworkConfig(ConfigBase):
+    """Which network. ``hidden``/``activation``/``leaky_slope`` are for the MLP, ``width`` for
+    ResNet-18 (stem channels; 64 in the paper), ``dropout`` for MLP and convnet."""
+
+    kind: str = field(default="mlp", metadata=_choices("mlp", "convnet", "resnet18", "linear"))
+    hidden: tuple[int, ...] = field(default=(100, 100, 100), metadata=_range(1))
+    activation: str = field(default="relu", metadata=_choices(
+        "sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish"))
+    leaky_slope: float = field(default=0.01, metadata=_range(0.0, 1.0, hi_open=True))
+    dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
+    width: int = field(default=64, metadata=_range(1))
+
+    def __post_init__(self) -> None:
+        _validate_all(self)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(ConfigBase):
+    """SGD (optionally with momentum) or Adam. ``weight_decay`` is L2: it adds λ·w to the
+    gradient (torch's coupled weight decay)."""
+
+    name: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    lr: float = field(default=0.01, metadata=_range(0.0, lo_open=True))
+    momentum: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_range(0.0, 1.0, hi_open=True))
+    eps: float = field(default=1e-8, metadata=_range(0.0, lo_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+
+    def __post_init__(self) -> None:
+        _validate_all(self)
+        if self.name == "adam" and self.momentum != 0.0:
+            raise ValueError("OptimizerConfig.momentum: Adam uses betas, set momentum to 0")
+
+
+@dataclass(frozen=True)
+class CBPConfig(ConfigBase):
+    """Continual backpropagation (SPEC §3, Algorithm 1)."""
+
+    replacement_rate: float = field(default=1e-4, metadata=_range(0.0, 1.0))
+    maturity: int = field(default=100, metadata=_range(0))
+    decay: float = field(default=0.99, metadata=_range(0.0, 1.0, hi_open=True))
+    utility: str = field(default="contribution",
+                         metadata=_choices("contribution", "adaptable_contribution"))
+    running_average: bool = True  # False: the instantaneous mini-batch utility
+    bias_correction: bool = True  # read running averages divided by (1 - decay**age)
+
+    def __post_init__(self) -> None:
+        _validate_all(self)
+
+
+@dataclass(frozen=True)
+class ShrinkPerturbConfig(ConfigBase):
+    """After every update: w ← (1 − lr·weight_decay)·w, then w ← w + noise_std·ε, ε ~ N(0, 1)."""
+
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0))
+    noise_std: float = field(default=1e-5, metadata=_range(0.0))
+
+    def __post_init__(self) -> None:
+        _validate_all(self)
+
+
+@dataclass(frozen=True)
+class ReDoConfig(ConfigBase):
+    """ReDo (Sokar et al. 2023): every ``period`` updates, re-initialise units whose normalised
+    mean |activation| since the last check is ≤ ``threshold``."""
+
+    threshold: float = field(default=0.1, metadata=_range(0.0))
+    period: int = field(default=100, metadata=_range(1))
+
+    def __post_init__(self) -> None:
+        _validate_all(self)
+
+
+@dataclass(frozen=True)
+class LearnerConfig(ConfigBase):
+    """The whole supervised reference learner. A ``None`` section means "method off".
+
+    ``head_reset``: at each task boundary (``next_task_boundary``) set the head to zero
+    (``"zero"``, the Continual ImageNet practice) or redraw it (``"reinit"``).
+    ``retrain``: re-initialise the whole network and optimizer at each task boundary.
+    """
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    head_reset: str = field(default="none", metadata=_choices("none", "zero", "reinit"))
+    retrain: bool = False
+    shrink_perturb: ShrinkPerturbConfig | None = None
+    cbp: CBPConfig | None = None
+    redo: ReDoConfig | None = None
+
+    def __post_init__(self) -> None:
+        _validate_all(self)

@@ -1,0 +1,386 @@
+"""The reference networks: MLP, the Continual ImageNet convnet, ResNet-18 (CIFAR stem), linear.
+
+Every layer records its initial distribution (``units.set_init``) so that CBP, ReDo, head reset
+and retrain-from-scratch can redraw from it, and every network declares its replaceable hidden
+units through ``cbp_groups()`` (see ``agents/units.py``). Each hidden activation is its own
+module instance, so forward hooks (CBP, ``plasticity_gym.metrics``) see each layer separately.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.units import (
+    Consumer,
+    InitSpec,
+    UnitGroup,
+    get_init,
+    reset_module_parameters,
+    set_init,
+    zero_optimizer_slices,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "ConvNet",
+    "LinearNet",
+    "MLP",
+    "PlasticNetwork",
+    "ResNet18",
+    "activation_gain",
+    "make_activation",
+]
+
+ACTIVATIONS = ("sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish")
+
+
+def activation_gain(name: str, leaky_slope: float = 0.01) -> float:
+    """The paper's Kaiming gains (Methods, Slowly-Changing Regression)."""
+    gains = {
+        "sigmoid": 1.0,
+        "tanh": 5.0 / 3.0,
+        "elu": math.sqrt(2.0),
+        "leaky_relu": math.sqrt(2.0 / (1.0 + leaky_slope**2)),
+        "relu": math.sqrt(2.0),
+        "swish": math.sqrt(2.0),
+    }
+    if name not in gains:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    return gains[name]
+
+
+def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "elu":
+        return nn.ELU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(leaky_slope)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "swish":
+        return nn.SiLU()
+    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
+def _activation_derivative(name: str, pre: torch.Tensor, post: torch.Tensor,
+                           leaky_slope: float) -> torch.Tensor:
+    """d post / d pre, elementwise (for the MLP's hand-written backward pass)."""
+    if name == "relu":
+        return post > 0  # bool: multiplies in place without a cast
+    if name == "leaky_relu":
+        return torch.where(pre > 0, 1.0, leaky_slope).to(post.dtype)
+    if name == "tanh":
+        return 1.0 - post * post
+    if name == "sigmoid":
+        return post * (1.0 - post)
+    if name == "elu":
+        return torch.where(pre > 0, torch.ones_like(post), post + 1.0)
+    if name == "swish":
+        s = torch.sigmoid(pre)
+        return s * (1.0 + pre * (1.0 - s))
+    raise ValueError(name)
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from a given torch.Generator (so agents are reproducible)."""
+
+    def __init__(self, p: float, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError("dropout probability must be in [0, 1)")
+        self.p = p
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+class PlasticNetwork(nn.Module):
+    """Common interface of the reference networks."""
+
+    head: nn.Linear
+
+    def cbp_groups(self) -> list[UnitGroup]:
+        """The replaceable hidden-unit groups (producers and all their consumers)."""
+        return []
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Redraw every layer from its recorded initial distribution (retrain from scratch)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+                reset_module_parameters(m, generator)
+
+
+class MLP(PlasticNetwork):
+    """Fully connected network: flatten → [Linear → activation (→ dropout)]* → Linear head.
+
+    Hidden weights: Kaiming-uniform with the activation's gain; the head uses gain 1 (linear
+    output); biases start at zero. ``forward_cached``/``backward_cached`` give a hand-written
+    backward pass that avoids autograd's overhead at batch size 1 (dropout off).
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
+                 activation: str = "relu", leaky_slope: float = 0.01, dropout: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.activation_name = activation
+        self.leaky_slope = leaky_slope
+        gain = activation_gain(activation, leaky_slope)
+        self.layers = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        self.drops = nn.ModuleList()
+        width = in_features
+        for h in hidden:
+            lin = nn.Linear(width, h)
+            set_init(lin, InitSpec.kaiming_uniform(width, gain), generator)
+            self.layers.append(lin)
+            self.acts.append(make_activation(activation, leaky_slope))
+            self.drops.append(SeededDropout(dropout, generator) if dropout > 0 else nn.Identity())
+            width = h
+        self.head = nn.Linear(width, out_features)
+        set_init(self.head, InitSpec.kaiming_uniform(width, 1.0), generator)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for lin, act, drop in zip(self.layers, self.acts, self.drops):
+            x = drop(act(lin(x)))
+        return self.head(x)
+
+    def cbp_groups(self) -> list[UnitGroup]:
+        nxt = [*self.layers[1:], self.head]
+        return [
+            UnitGroup(f"layers.{i}", lin, act, (Consumer(nxt[i]),))
+            for i, (lin, act) in enumerate(zip(self.layers, self.acts))
+        ]
+
+    # -- hand-written backward (fast path for tiny batches) -----------------------------------
+    @property
+    def supports_manual_backward(self) -> bool:
+        return self.dropout == 0.0
+
+    @torch.no_grad()
+    def forward_cached(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list, list]]:
+        """Forward without autograd; returns the output and what ``backward_cached`` needs."""
+        x = x.flatten(1)
+        inputs, pres, posts = [], [], []
+        act = self.activation_name
+        for lin in self.layers:
+            inputs.append(x)
+            pre = torch.addmm(lin.bias, x, lin.weight.t())
+            if act == "relu":
+                post = torch.relu(pre)
+            elif act == "leaky_relu":
+                post = F.leaky_relu(pre, self.leaky_slope)
+            elif act == "tanh":
+                post = torch.tanh(pre)
+            elif act == "sigmoid":
+                post = torch.sigmoid(pre)
+            elif act == "elu":
+                post = F.elu(pre)
+            else:
+                post = F.silu(pre)
+            pres.append(pre)
+            posts.append(post)
+            x = post
+        inputs.append(x)
+        out = torch.addmm(self.head.bias, x, self.head.weight.t())
+        return out, (inputs, pres, posts)
+
+    @torch.no_grad()
+    def backward_cached(self, cache: tuple[list, list, list], grad_out: torch.Tensor) -> None:
+        """Write d loss / d θ into every parameter's ``.grad`` given d loss / d output."""
+        inputs, pres, posts = cache
+        lins = [*self.layers, self.head]
+        g = grad_out
+        for i in range(len(lins) - 1, -1, -1):
+            lin = lins[i]
+            if lin.weight.grad is None:
+                lin.weight.grad = torch.empty_like(lin.weight)
+                lin.bias.grad = torch.empty_like(lin.bias)
+            torch.mm(g.t(), inputs[i], out=lin.weight.grad)
+            torch.sum(g, 0, out=lin.bias.grad)
+            if i > 0:
+                g = torch.mm(g, lin.weight)
+                g.mul_(_activation_derivative(self.activation_name, pres[i - 1], posts[i - 1],
+                                              self.leaky_slope))
+
+
+class ConvNet(PlasticNetwork):
+    """The Continual ImageNet network (SPEC §2, Extended Data Table 3).
+
+    conv 3→32 5×5, 32→64 3×3, 64→128 3×3, each ReLU + 2×2 max-pool; flatten (512 for 32×32
+    input); linear 512→128→128→n. Kaiming-uniform (ReLU gain) hidden layers, gain-1 head.
+    Accepts NCHW or NHWC input (``channels_last``).
+    """
+
+    def __init__(self, out_features: int = 2, *, in_channels: int = 3, image_size: int = 32,
+                 channels_last: bool = False, dropout: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        relu_gain = math.sqrt(2.0)
+        self.conv1 = nn.Conv2d(in_channels, 32, 5)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.conv3 = nn.Conv2d(64, 128, 3)
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.pool1, self.pool2, self.pool3 = nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)
+        side = image_size
+        for k in (5, 3, 3):
+            side = (side - k + 1) // 2
+        if side < 1:
+            raise ValueError(f"image_size {image_size} is too small for the convnet")
+        self.positions = side * side
+        flat = 128 * self.positions
+        self.fc1 = nn.Linear(flat, 128)
+        self.fc2 = nn.Linear(128, 128)
+        self.relu4, self.relu5 = nn.ReLU(), nn.ReLU()
+        self.drop4 = SeededDropout(dropout, generator) if dropout > 0 else nn.Identity()
+        self.drop5 = SeededDropout(dropout, generator) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(128, out_features)
+        for conv in (self.conv1, self.conv2, self.conv3):
+            fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            set_init(conv, InitSpec.kaiming_uniform(fan_in, relu_gain), generator)
+        set_init(self.fc1, InitSpec.kaiming_uniform(flat, relu_gain), generator)
+        set_init(self.fc2, InitSpec.kaiming_uniform(128, relu_gain), generator)
+        set_init(self.head, InitSpec.kaiming_uniform(128, 1.0), generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.pool3(self.relu3(self.conv3(x)))
+        x = x.flatten(1)
+        x = self.drop4(self.relu4(self.fc1(x)))
+        x = self.drop5(self.relu5(self.fc2(x)))
+        return self.head(x)
+
+    def cbp_groups(self) -> list[UnitGroup]:
+        # A conv unit's value h is the pooled map its consumer reads; conv3's channels each own
+        # their `positions` columns of fc1 through the flatten.
+        return [
+            UnitGroup("conv1", self.conv1, self.pool1, (Consumer(self.conv2),)),
+            UnitGroup("conv2", self.conv2, self.pool2, (Consumer(self.conv3),)),
+            UnitGroup("conv3", self.conv3, self.pool3, (Consumer(self.fc1, self.positions),)),
+            UnitGroup("fc1", self.fc1, self.relu4, (Consumer(self.fc2),)),
+            UnitGroup("fc2", self.fc2, self.relu5, (Consumer(self.head),)),
+        ]
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with separate ReLU modules (so hooks see the inner one alone)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int,
+                 generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        convs = [self.conv1, self.conv2]
+        if stride != 1 or in_planes != planes:
+            sc_conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+            self.shortcut = nn.Sequential(sc_conv, nn.BatchNorm2d(planes))
+            convs.append(sc_conv)
+        for conv in convs:
+            fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            set_init(conv, InitSpec.kaiming_normal_fan_out(fan_out), generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet18(PlasticNetwork):
+    """ResNet-18 with the CIFAR stem (3×3 conv, stride 1, no max-pool), BatchNorm.
+
+    ``width`` is the stem's channel count (64 in the paper; smaller for CPU scales). The head has
+    ``max_outputs`` units of which the first ``active_outputs`` are used: ``set_active_outputs``
+    grows the head (new rows redrawn from the init distribution), as the paper adds 5 output
+    units per class increment. Only each block's inner conv is a CBP group: every other conv's
+    output reaches a skip path, so zeroing its consumers would not preserve the function.
+    """
+
+    def __init__(self, max_outputs: int, *, active_outputs: int | None = None, width: int = 64,
+                 in_channels: int = 3, channels_last: bool = False,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        set_init(self.stem, InitSpec.kaiming_normal_fan_out(width * 9), generator)
+        self.stem_bn = nn.BatchNorm2d(width)
+        self.stem_relu = nn.ReLU()
+        blocks = []
+        in_planes = width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            planes = width * mult
+            for j in range(2):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, generator))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(in_planes, max_outputs)
+        set_init(self.head, InitSpec.kaiming_uniform(in_planes, 1.0), generator)
+        self.active_outputs = max_outputs if active_outputs is None else active_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = self.stem_relu(self.stem_bn(self.stem(x)))
+        x = self.pool(self.blocks(x)).flatten(1)
+        return self.head(x)[:, : self.active_outputs]
+
+    @torch.no_grad()
+    def set_active_outputs(self, n: int, *, optimizer: torch.optim.Optimizer | None = None,
+                           generator: torch.Generator | None = None) -> None:
+        """Grow the head to ``n`` units; the new rows are drawn afresh (bias zero)."""
+        n = int(n)
+        if n > self.head.out_features:
+            raise ValueError(f"head has only {self.head.out_features} units, asked for {n}")
+        if n <= self.active_outputs:
+            return
+        rows = slice(self.active_outputs, n)
+        w = self.head.weight
+        w[rows] = get_init(self.head).sample((n - self.active_outputs, w.shape[1]),
+                                             device=w.device, dtype=w.dtype, generator=generator)
+        self.head.bias[rows] = 0
+        zero_optimizer_slices(optimizer, w, (rows,))
+        zero_optimizer_slices(optimizer, self.head.bias, (rows,))
+        self.active_outputs = n
+
+    def cbp_groups(self) -> list[UnitGroup]:
+        return [
+            UnitGroup(f"blocks.{i}.conv1", b.conv1, b.relu1, (Consumer(b.conv2),), batchnorm=b.bn1)
+            for i, b in enumerate(self.blocks)
+        ]
+
+
+class LinearNet(PlasticNetwork):
+    """The linear baseline: flatten → Linear. No hidden units, so CBP has nothing to do."""
+
+    def __init__(self, in_features: int, out_features: int, *,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.head = nn.Linear(in_features, out_features)
+        set_init(self.head, InitSpec.kaiming_uniform(in_features, 1.0), generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
