@@ -38,7 +38,7 @@ def to_jsonable(obj: Any) -> Any:
 def canonical_json(obj: Any) -> str:
     """The one JSON spelling of ``obj`` that hashes are taken over (sorted keys, no spaces)."""
     return json.dumps(
-        to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        to_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False
     )
 
 

@@ -32,13 +32,24 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_sets(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
+def parse_sets(items: Sequence[str] | None, flag: str = "--set", *, nest: bool = True) -> dict[str, Any]:
+    """``["optimizer.lr=0.003", "cbp.maturity=100"]`` → ``{"optimizer": {"lr": 0.003}, ...}``.
+
+    Dotted keys nest (the reference agents' configs have sections); ``nest=False`` keeps them.
+    """
     out: dict[str, Any] = {}
     for item in items or ():
         key, eq, value = item.partition("=")
+        key = key.strip()
         if not eq or not key:
             raise SystemExit(f"plasticity-gym: error: {flag} expects key=value, got {item!r}")
-        out[key.strip()] = parse_value(value)
+        *parents, leaf = key.split(".") if nest else [key]
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SystemExit(f"plasticity-gym: error: {flag} {key}: {part} is both a value and a section")
+        node[leaf] = parse_value(value)
     return out
 
 
@@ -80,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", required=True,
                    help="reference agent name (backprop, adam, l2, shrink-perturb, cbp, ...) or module:factory")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="agent config override (JSON literal when it parses); repeatable")
+                   help="agent config override, dotted keys nest (optimizer.lr=0.003); the value is a JSON "
+                   "literal when it parses; a module:factory agent gets them as keyword arguments")
     p.add_argument("--out", help="result file (default runs/<env>-<agent>-<scale>.json)")
     p.add_argument("--bin-examples", type=int, help="bin width of the binned error (default 40000, "
                    "narrowed on short streams)")
@@ -138,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"plasticity-gym: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
     result = evaluate(
         args.env_id, args.agent, scale=args.scale, seeds=_seeds(args),
-        env_kwargs=parse_sets(args.env_set, "--env-set"), overrides=parse_sets(args.set),
+        env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=parse_sets(args.set),
         device=args.device, probe_every=args.probe_every, probe_size=args.probe_size,
         bin_examples=args.bin_examples, checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
@@ -204,14 +216,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     names = learner_names(args.agents)
     overrides: dict[str, dict[str, Any]] = {}
-    for key, value in parse_sets(args.set, "--set").items():
-        name, dot, k = key.partition(".")
+    for item in args.set or ():
+        name, dot, rest = item.partition(".")
         if not dot or name not in names:
             raise SystemExit(f"plasticity-gym: error: --set for compare is NAME.KEY=VALUE with NAME one of {names}")
-        overrides.setdefault(name, {})[k] = value
+        merged = overrides.setdefault(name, {})
+        for k, v in parse_sets([rest], "--set").items():
+            if isinstance(v, dict) and isinstance(merged.get(k), dict):
+                merged[k].update(v)
+            else:
+                merged[k] = v
     comp = compare(
         args.env_id, args.agents, scale=args.scale, seeds=_seeds(args),
-        env_kwargs=parse_sets(args.env_set, "--env-set"), overrides=overrides, device=args.device,
+        env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=overrides, device=args.device,
         probe_every=args.probe_every, probe_size=args.probe_size, progress=args.progress,
         command=args.command_line,
     )

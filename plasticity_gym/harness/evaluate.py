@@ -139,6 +139,8 @@ def _check_agent(agent: Any, ident: str) -> None:
 def agent_record(agent: Any, spec: AgentSpec) -> dict[str, Any]:
     """The ``agent`` block of a result: name, config and its hash, declarations."""
     config = getattr(agent, "config", None)
+    if callable(getattr(config, "to_dict", None)):
+        config = config.to_dict()
     config = to_jsonable(config) if config is not None else {}
     if not isinstance(config, dict):
         config = {"value": config}

@@ -9,6 +9,7 @@ lines up with ``seeds``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from functools import lru_cache
 from importlib import resources
@@ -84,6 +85,13 @@ def _semantic_messages(entry: dict[str, Any]) -> list[str]:
             f"agent.config_hash: does not match the sha256 of agent.config "
             f"(recorded {agent['config_hash'][:12]}..., computed {want[:12]}...)"
         )
+    created = entry["provenance"]["created"]
+    try:
+        # jsonschema checks "date-time" only when an optional package is installed: check here.
+        if _dt.datetime.fromisoformat(created.replace("Z", "+00:00")).tzinfo is None:
+            raise ValueError
+    except ValueError:
+        msgs.append(f"provenance.created: {created!r} is not an ISO 8601 date-time with a time zone")
     seeds = entry["seeds"]
     run_seeds = [r["seed"] for r in entry["runs"]]
     if run_seeds != seeds:
