@@ -188,17 +188,19 @@ class SlowRegressionEnv(SupervisedStreamEnv):
             self._cached_task = task_id
         return self._task_bits, self._task_targets  # type: ignore[return-value]
 
-    def _inputs(self, task_id: int, random_bits: np.ndarray) -> np.ndarray:
+    def _inputs(self, task_id: int, random_bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         f, m = self.n_slow_bits, self.n_input_bits
-        x = np.empty((random_bits.shape[0], m + 1), dtype=np.float32)
+        x = np.empty((random_bits.shape[0], m + 1), dtype=np.float32) if out is None else out
         x[:, :f] = self.slow_bits_by_task[task_id]
         x[:, f:m] = random_bits
         x[:, m] = 1.0
         return x
 
-    def _generate(self, task_id: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _generate(
+        self, task_id: int, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         bits, targets = self._task(task_id)
-        return self._inputs(task_id, bits[start:stop]), targets[start:stop]
+        return self._inputs(task_id, bits[start:stop], out), targets[start:stop].copy()
 
     def _probe(self, task_id: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         bits = rng.integers(0, 2, size=(n, self.n_random_bits), dtype=np.uint8)

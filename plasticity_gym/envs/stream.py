@@ -71,9 +71,10 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
       ``n_classes`` (classification) or ``target_bound`` (regression) and ``data_id``; return
       the fully resolved config (e.g. ``None`` replaced by the value it stands for).
     * ``_on_new_stream()``: draw what is fixed for a whole stream (use ``self._rng(ROLE_STRUCTURE)``).
-    * ``_generate(task_id, start, stop) -> (x, y)``: the examples at positions ``[start, stop)``
-      inside task ``task_id``, as a fresh float32 array ``(stop - start, *x_shape)`` and targets
-      (int64 labels or float32 values). Must depend only on the stream key and the positions.
+    * ``_generate(task_id, start, stop, out=None) -> (x, y)``: the examples at positions
+      ``[start, stop)`` inside task ``task_id``: float32 inputs ``(stop - start, *x_shape)``
+      (written into ``out`` when given, else a fresh array) and fresh targets (int64 labels or
+      float32 values). Must depend only on the stream key and the positions.
     * ``_probe(task_id, n, rng) -> (x, y)``: ``n`` examples of task ``task_id`` drawn with ``rng``.
     * optionally ``_task_extras(task_id) -> dict``: env-specific ``info`` entries of a task.
     """
@@ -121,6 +122,8 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
         self._clear_chunk()
         self._extras_task: int | None = None
         self._extras: dict[str, Any] = {}
+        # Only subclasses that override _task_extras pay for env-specific info entries.
+        self._has_extras = type(self)._task_extras is not SupervisedStreamEnv._task_extras
 
     # ------------------------------------------------------------------ configuration
 
@@ -154,7 +157,9 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
     def _on_new_stream(self) -> None:
         raise NotImplementedError
 
-    def _generate(self, task_id: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _generate(
+        self, task_id: int, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _probe(self, task_id: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -254,15 +259,16 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Score ``action`` against the batch just shown and return the next batch."""
+        # The hot path of every agent loop: plain attribute reads, no helper calls when the
+        # batch lies in the current chunk (it does, except right after unpickling).
         pos = self._pos
         if pos is None or pos >= self.n_examples_total:
-            raise StreamEndedError(
-                f"{type(self).__name__}: "
-                + ("call reset() before step()." if pos is None else
-                   f"the stream ended after {self.n_examples_total} examples "
-                   f"({self.n_tasks} tasks); call reset() to start a new stream.")
-            )
-        _, target = self._batch(pos)
+            raise self._ended_error(pos)
+        batch = self.batch_size
+        if not self._chunk_start <= pos < self._chunk_stop:
+            self._load_chunk(pos)
+        i = pos - self._chunk_start
+        target = self._chunk_y[i : i + batch]  # type: ignore[index]
         reward = self._score(action, target)
         task_id, offset = divmod(pos, self.examples_per_task)
         info: dict[str, Any] = {
@@ -270,10 +276,11 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
             "task_id": task_id,
             "task_boundary": offset == 0,
             "phase": "train",
-            "step_in_task": offset // self.batch_size,
+            "step_in_task": offset // batch,
         }
-        self._add_extras(info, task_id)
-        pos += self.batch_size
+        if self._has_extras:
+            self._add_extras(info, task_id)
+        pos += batch
         self._pos = pos
         if pos >= self.n_examples_total:
             # There is no next batch: a placeholder observation, and "next" points past the end.
@@ -281,12 +288,25 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
             info["next_task_boundary"] = False
             info["next_phase"] = "train"
             return self._end_obs, reward, False, True, info
-        obs, _ = self._batch(pos)
-        next_task, next_offset = divmod(pos, self.examples_per_task)
-        info["next_task_id"] = next_task
-        info["next_task_boundary"] = next_offset == 0
+        if pos >= self._chunk_stop:
+            self._load_chunk(pos)
+        i = pos - self._chunk_start
+        offset += batch
+        if offset == self.examples_per_task:
+            task_id, offset = task_id + 1, 0
+        info["next_task_id"] = task_id
+        info["next_task_boundary"] = offset == 0
         info["next_phase"] = "train"
-        return obs, reward, False, False, info
+        return self._chunk_x[i : i + batch], reward, False, False, info  # type: ignore[index]
+
+    def _ended_error(self, pos: int | None) -> StreamEndedError:
+        name = type(self).__name__
+        if pos is None:
+            return StreamEndedError(f"{name}: call reset() before step().")
+        return StreamEndedError(
+            f"{name}: the stream ended after {self.n_examples_total} examples ({self.n_tasks} "
+            "tasks); call reset() to start a new stream."
+        )
 
     def render(self) -> None:
         return None
@@ -322,10 +342,10 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
     def _score_labels(self, action: Any, target: np.ndarray) -> float:
         labels = self._as_action_array(action, "iu")
         if self.batch_size == 1:
-            label = int(labels[0])
+            label = labels.item()
             if not 0 <= label < self.n_classes:
                 raise self._action_error(action, f"label {label} out of range")
-            return 1.0 if label == target[0] else 0.0
+            return 1.0 if label == target.item() else 0.0
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.n_classes:
             raise self._action_error(action, f"label {low if low < 0 else high} out of range")
@@ -334,10 +354,10 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
     def _score_values(self, action: Any, target: np.ndarray) -> float:
         values = self._as_action_array(action, "fiu")
         if self.batch_size == 1:
-            value = float(values[0])
+            value = float(values.item())
             if not math.isfinite(value):
                 raise self._action_error(action, f"non-finite value {value}")
-            error = value - float(target[0])
+            error = value - target.item()
             return -(error * error)
         values = values.astype(np.float64)
         if not np.isfinite(values).all():

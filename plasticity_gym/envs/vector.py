@@ -15,6 +15,7 @@ Infos follow Gymnasium's vector convention: every key maps to an array over the 
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -57,7 +58,9 @@ class SupervisedStreamVectorEnv(VectorEnv):
         self.action_space = batch_space(first.action_space, self.num_envs)
 
         self._classification = first.task_kind == "classification"
+        self._n_classes = getattr(first, "n_classes", 0)
         self._chunk_len = first._chunk_len
+        self._x_shape = first.x_shape
         self._end_obs = np.zeros((self.num_envs, self.batch_size, *first.x_shape), dtype=np.float32)
         self._end_obs.flags.writeable = False
         self._mask = np.ones(self.num_envs, dtype=bool)
@@ -67,6 +70,7 @@ class SupervisedStreamVectorEnv(VectorEnv):
         self._clear_chunk()
         self._extras_task: int | None = None
         self._extras: dict[str, Any] = {}
+        self._info_cache: dict[tuple[int, bool, str], dict[str, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ seeding and chunks
 
@@ -90,24 +94,40 @@ class SupervisedStreamVectorEnv(VectorEnv):
         if not self._chunk_start <= pos < self._chunk_stop:
             task_id, offset = divmod(pos, self.examples_per_task)
             stop = min(self.examples_per_task, offset + self._chunk_len)
-            parts = [env._generate(task_id, offset, stop) for env in self.envs]
-            self._chunk_x = np.stack([x for x, _ in parts])
-            self._chunk_y = np.stack([y for _, y in parts])
+            # Each sub-env writes its inputs straight into its row of one fresh array.
+            chunk_x = np.empty((self.num_envs, stop - offset, *self._x_shape), dtype=np.float32)
+            targets = [env._generate(task_id, offset, stop, out=chunk_x[i])[1]
+                       for i, env in enumerate(self.envs)]
+            self._chunk_x, self._chunk_y = chunk_x, np.stack(targets)
             self._chunk_start, self._chunk_stop = pos, pos + (stop - offset)
         i = pos - self._chunk_start
         j = i + self.batch_size
         return self._chunk_x[:, i:j], self._chunk_y[:, i:j]  # type: ignore[index]
 
     def _task_info(self, task_id: int, offset: int, prefix: str = "") -> dict[str, Any]:
-        n = self.num_envs
-        return {
-            f"{prefix}task_id": np.full(n, task_id, dtype=np.int64),
-            f"_{prefix}task_id": self._mask,
-            f"{prefix}task_boundary": np.full(n, offset == 0, dtype=bool),
-            f"_{prefix}task_boundary": self._mask,
-            f"{prefix}phase": np.full(n, "train", dtype=object),
-            f"_{prefix}phase": self._mask,
-        }
+        """The per-task info arrays (fresh copies of cached ones: allocation-light per step)."""
+        key = (task_id, offset == 0, prefix)
+        cached = self._info_cache.get(key)
+        if cached is None:
+            n = self.num_envs
+            cached = {
+                f"{prefix}task_id": np.full(n, task_id, dtype=np.int64),
+                f"{prefix}task_boundary": np.full(n, offset == 0, dtype=bool),
+                f"{prefix}phase": np.full(n, "train", dtype=object),
+            }
+            if len(self._info_cache) > 8:
+                self._info_cache.clear()
+            self._info_cache[key] = cached
+        info: dict[str, Any] = {}
+        for name, value in cached.items():
+            info[name] = value.copy()
+            info[f"_{name}"] = self._mask  # read-only and all True: safe to share
+        return info
+
+    def _step_in_task(self, offset: int) -> np.ndarray:
+        values = np.empty(self.num_envs, dtype=np.int64)
+        values.fill(offset // self.batch_size)
+        return values
 
     def _extras_for(self, task_id: int) -> dict[str, Any]:
         if self._extras_task != task_id:
@@ -147,10 +167,11 @@ class SupervisedStreamVectorEnv(VectorEnv):
         obs = obs.copy()  # a continued stream shows the last step's batch again: never shared
         task_id, offset = divmod(pos, self.examples_per_task)
         info = self._task_info(task_id, offset)
-        info["step_in_task"] = np.full(self.num_envs, offset // self.batch_size, dtype=np.int64)
+        info["step_in_task"] = self._step_in_task(offset)
         info["_step_in_task"] = self._mask
         info.update(self._task_info(task_id, offset, prefix="next_"))
-        info.update({key: value.copy() for key, value in self._extras_for(task_id).items()})
+        for key, value in self._extras_for(task_id).items():
+            info[key] = value if key.startswith("_") else value.copy()
         return obs, info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -175,9 +196,10 @@ class SupervisedStreamVectorEnv(VectorEnv):
         info = self._task_info(task_id, offset)
         info["target"] = target
         info["_target"] = self._mask
-        info["step_in_task"] = np.full(n, offset // self.batch_size, dtype=np.int64)
+        info["step_in_task"] = self._step_in_task(offset)
         info["_step_in_task"] = self._mask
-        info.update({key: value.copy() for key, value in self._extras_for(task_id).items()})
+        for key, value in self._extras_for(task_id).items():
+            info[key] = value if key.startswith("_") else value.copy()
         pos += self.batch_size
         self._pos = pos
         terminated = np.zeros(n, dtype=bool)
@@ -202,20 +224,21 @@ class SupervisedStreamVectorEnv(VectorEnv):
         if self._classification:
             if array.dtype.kind not in "iu":
                 raise ValueError(f"{type(self).__name__}: actions of dtype {array.dtype}; expected {what}")
-            n_classes = self.envs[0].n_classes
-            if array.min() < 0 or array.max() >= n_classes:
+            low, high = array.min(), array.max()
+            if low < 0 or high >= self._n_classes:
                 raise ValueError(
-                    f"{type(self).__name__}: labels must lie in [0, {n_classes - 1}], got "
-                    f"min {array.min()} max {array.max()}"
+                    f"{type(self).__name__}: labels must lie in [0, {self._n_classes - 1}], got "
+                    f"min {low} max {high}"
                 )
-            return (array == target).mean(axis=1)
+            return np.count_nonzero(array == target, axis=1) / self.batch_size
         if array.dtype.kind not in "fiu":
             raise ValueError(f"{type(self).__name__}: actions of dtype {array.dtype}; expected {what}")
         values = array.astype(np.float64)
-        if not np.isfinite(values).all():
+        # One reduction for the common case; the element-wise check only if the sum is not finite.
+        if not math.isfinite(values.sum()) and not np.isfinite(values).all():
             raise ValueError(f"{type(self).__name__}: actions contain NaN or inf; expected {what}")
         errors = values - target
-        return -np.einsum("ij,ij->i", errors, errors) / self.batch_size
+        return np.einsum("ij,ij->i", errors, errors) * (-1.0 / self.batch_size)
 
     def probe_batch(self, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
         """Every sub-stream's probe of its current task: ``(num_envs, n, *x_shape)``, ``(num_envs, n)``."""
