@@ -77,6 +77,22 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
       float32 values). Must depend only on the stream key and the positions.
     * ``_probe(task_id, n, rng) -> (x, y)``: ``n`` examples of task ``task_id`` drawn with ``rng``.
     * optionally ``_task_extras(task_id) -> dict``: env-specific ``info`` entries of a task.
+
+    Protocol (design.md §1), for users:
+
+    * ``reset(seed=s)`` restarts the stream from ``s``; ``reset()`` continues it (returning the
+      batch shown and not yet scored), or starts a new stream from ``np_random`` when there is
+      none yet or the last one has ended.
+    * ``step(action)`` scores the action against the batch just shown. ``info`` holds ``target``,
+      ``task_id``, ``task_boundary``, ``phase``, ``step_in_task`` of the scored batch and
+      ``next_task_id``, ``next_task_boundary``, ``next_phase`` of the returned one (``reset``'s
+      info describes the returned batch with both sets of keys).
+    * ``terminated`` is always False; ``truncated`` is True on the step scoring the last example.
+      That step returns an all-zero placeholder observation (there is no next batch) with
+      ``next_task_id == n_tasks`` and ``next_task_boundary`` False; stepping again raises
+      :class:`StreamEndedError`.
+    * ``config`` (resolved kwargs), ``scale``, ``data_id``, ``n_examples_total``,
+      ``examples_per_task``, ``n_tasks``, ``batch_size`` and ``probe_batch(n)``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
