@@ -92,6 +92,13 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
         if not isinstance(config["download"], bool):
             raise ValueError(f"download must be a bool, got {config['download']!r}")
         data_dir = config["data_dir"]
+        if config["data"] == "embedded" and (data_dir is not None or config["download"]):
+            # Most likely data="mnist" was meant: refuse rather than quietly use the 5k digits.
+            raise ValueError(
+                "data_dir and download apply to data='mnist' only, but data='embedded' (the 5,000 "
+                "digits shipped with the package); pass data='mnist' (or scale='paper') to use "
+                "the MNIST IDX files"
+            )
         if data_dir is not None:
             data_dir = str(Path(data_dir).expanduser())
         self.dataset: ImageDataset = load_mnist(config["data"], data_dir, config["download"])

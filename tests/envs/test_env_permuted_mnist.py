@@ -152,6 +152,10 @@ def test_bad_data_kwargs():
         PermutedMNISTEnv(download="yes")
     with pytest.raises(ValueError, match="n_tasks"):
         PermutedMNISTEnv(n_tasks=0)
+    with pytest.raises(ValueError, match="data_dir and download apply to data='mnist' only"):
+        PermutedMNISTEnv(data_dir="/somewhere")
+    with pytest.raises(ValueError, match="batch_size=3 must divide"):
+        PermutedMNISTEnv(batch_size=3)
 
 
 def test_probe_batch_uses_current_task_permutation():
