@@ -131,8 +131,6 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.n_examples_total: int = self.n_tasks * self.examples_per_task
         self._chunk_len = max(batch, (self.chunk_examples // batch) * batch)
-        self._end_obs = np.zeros((batch, *self.x_shape), dtype=np.float32)
-        self._end_obs.flags.writeable = False
         self._stream_key: int | None = None
         self._pos: int | None = None  # first example of the batch shown and not yet scored
         self._clear_chunk()
@@ -303,7 +301,8 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
             info["next_task_id"] = self.n_tasks
             info["next_task_boundary"] = False
             info["next_phase"] = "train"
-            return self._end_obs, reward, False, True, info
+            end_obs = np.zeros((batch, *self.x_shape), dtype=np.float32)
+            return end_obs, reward, False, True, info
         if pos >= self._chunk_stop:
             self._load_chunk(pos)
         i = pos - self._chunk_start

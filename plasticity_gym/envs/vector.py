@@ -61,8 +61,6 @@ class SupervisedStreamVectorEnv(VectorEnv):
         self._n_classes = getattr(first, "n_classes", 0)
         self._chunk_len = first._chunk_len
         self._x_shape = first.x_shape
-        self._end_obs = np.zeros((self.num_envs, self.batch_size, *first.x_shape), dtype=np.float32)
-        self._end_obs.flags.writeable = False
         self._mask = np.ones(self.num_envs, dtype=bool)
         self._mask.flags.writeable = False
         self._pos: int | None = None
@@ -206,7 +204,8 @@ class SupervisedStreamVectorEnv(VectorEnv):
         if pos >= self.n_examples_total:
             info.update(self._task_info(self.n_tasks, 1, prefix="next_"))
             self._autoreset = True
-            return self._end_obs, rewards, terminated, np.ones(n, dtype=bool), info
+            end_obs = np.zeros((n, self.batch_size, *self._x_shape), dtype=np.float32)
+            return end_obs, rewards, terminated, np.ones(n, dtype=bool), info
         obs, _ = self._batch(pos)
         next_task, next_offset = divmod(pos, self.examples_per_task)
         info.update(self._task_info(next_task, next_offset, prefix="next_"))
