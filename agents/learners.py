@@ -100,6 +100,8 @@ def build_network(config: LearnerConfig, spec: dict[str, Any],
 class SupervisedLearner:
     """A reference agent on a supervised stream (implements :class:`agents.protocol.Agent`)."""
 
+    learns_only_in_train = True  # observe() ignores val/test batches
+
     def __init__(self, name: str, config: LearnerConfig, observation_space: gym.Space,
                  action_space: gym.Space, *, seed: int = 0, device: str = "auto") -> None:
         self.name = name
