@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from plasticity_gym.harness.cli import main
+
+# The fakes are imported as ``tests.harness.fakes`` everywhere (tests, the CLI's module:factory
+# and Gymnasium's module:EnvId), so that there is one copy of them: the repository root must be
+# importable. Appended, so that it never shadows an installed package.
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 
 @pytest.fixture
@@ -25,24 +33,3 @@ def cli(capsys):
 def load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
-
-# Until plasticity_gym.metrics lands, probes use a minimal stand-in (removed once it exists).
-try:
-    import plasticity_gym.metrics  # noqa: F401
-except ModuleNotFoundError:
-    import sys
-    import types
-
-    import torch
-
-    def _measure(module, probe_x, *, dormant_threshold=0.01):
-        x = torch.as_tensor(probe_x)
-        with torch.no_grad():
-            h = module[1](module[0](x))
-        w = torch.cat([p.abs().flatten() for p in module.parameters()])
-        return {"dead_pct": float(100 * (h.amax(0) <= 0).float().mean()),
-                "avg_weight_magnitude": float(w.detach().mean()), "layers": {"0": {"dead_pct": 0.0}}}
-
-    _m = types.ModuleType("plasticity_gym.metrics")
-    _m.measure = _measure
-    sys.modules["plasticity_gym.metrics"] = _m

@@ -131,3 +131,34 @@ def make_agent(observation_space, action_space, *, seed=0, device="cpu", **overr
 for _id, _kw in (("FakeClassify-v0", {}), ("FakeRegress-v0", {"regression": True})):
     if _id not in gym.registry:
         gym.register(_id, entry_point=FakeStream, kwargs=_kw, disable_env_checker=True)
+
+
+class Interrupt(Exception):
+    """Raised by ``interruptible_agent`` to simulate a crash at a chosen step."""
+
+
+# Global step counter and the step at which to crash (None: never); tests set STOP_AT.
+STOP_AT: int | None = None
+_steps = 0
+
+
+class InterruptibleAgent(FakeAgent):
+    """FakeAgent that raises :class:`Interrupt` when the process-wide step count hits STOP_AT.
+
+    It has no state_dict, so checkpoints pickle it whole (the other checkpoint path)."""
+
+    def act(self, observation, info):
+        global _steps
+        _steps += 1
+        if STOP_AT is not None and _steps == STOP_AT:
+            raise Interrupt(f"interrupted at step {_steps}")
+        return super().act(observation, info)
+
+
+def interruptible_agent(observation_space, action_space, *, seed=0, device="cpu"):
+    return InterruptibleAgent(observation_space, action_space, seed=seed, device=device)
+
+
+def reset_counter(stop_at: int | None) -> None:
+    global _steps, STOP_AT
+    _steps, STOP_AT = 0, stop_at

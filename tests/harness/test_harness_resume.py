@@ -1,0 +1,102 @@
+"""Checkpoint/resume: a run SIGKILLed part-way and resumed equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from plasticity_gym.harness import Result, evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = "SlowRegression-v0"
+ENV_KW = {"n_examples": 6000, "flip_interval": 1000}
+ARGS = ["run", ENV, "--agent", "cbp", "--scale", "smoke", "--seed-list", "3", "4",
+        "--env-set", "n_examples=6000", "--env-set", "flip_interval=1000",
+        "--set", "cbp.replacement_rate=0.01", "--checkpoint-every", "500", "--no-progress"]
+
+
+def _cli(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "plasticity_gym.harness.cli", *map(str, args)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index: int, timeout=120.0):
+    """Poll until the checkpoint shows the run inside seed ``seed_index``, past its start."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            payload = pickle.loads(ckpt.read_bytes())
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+            time.sleep(0.05)
+            continue
+        cur = payload["current"]
+        if len(payload["done"]) == seed_index and cur is not None and cur[0].examples >= 1000:
+            return payload
+        time.sleep(0.05)
+    raise AssertionError("no mid-seed checkpoint appeared")
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    out = tmp_path / "resumed.json"
+    ckpt = Path(f"{out}.ckpt")
+    proc = _cli(*ARGS, "--out", out)
+    # Kill inside the second seed: the first seed's finished run must be carried over too.
+    _wait_for_mid_seed_checkpoint(ckpt, proc, seed_index=1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and ckpt.exists()
+
+    resumed = _cli(*ARGS, "--out", out, "--resume")
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr.decode()
+    assert not ckpt.exists()
+
+    reference = evaluate(ENV, "cbp", scale="smoke", seeds=(3, 4), env_kwargs=ENV_KW,
+                         overrides={"cbp": {"replacement_rate": 0.01}}, progress=False)
+    got = Result.load(out)
+    assert got.comparable() == reference.comparable()
+    # The comparison is not vacuous: CBP replaced units, and the probes saw it.
+    assert got.data["runs"][1]["plasticity"]["metrics"]["dead_pct"]
+    assert len(got.data["runs"][1]["series"]["online"]["value"]) == 6
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path):
+    from tests.harness import fakes
+
+    ckpt = tmp_path / "c.ckpt"
+    kw = dict(scale="smoke", checkpoint=ckpt, checkpoint_every=100, progress=False, probe_every=0)
+    evaluate("FakeClassify-v0", fakes.make_agent, seeds=(0,), **kw)
+    assert not ckpt.exists()  # a finished run leaves no checkpoint
+    fakes.reset_counter(stop_at=350)
+    with pytest.raises(fakes.Interrupt):
+        evaluate("FakeClassify-v0", fakes.interruptible_agent, seeds=(0,), **kw)
+    assert ckpt.exists()
+    with pytest.raises(ValueError, match="different run .*seeds"):
+        evaluate("FakeClassify-v0", fakes.interruptible_agent, seeds=(1,), resume=True, **kw)
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    """The same property without a subprocess, for an agent without state_dict (pickled whole)."""
+    from tests.harness import fakes
+
+    ckpt = tmp_path / "c.ckpt"
+    kw = dict(scale="smoke", seeds=(0, 1), progress=False, checkpoint=ckpt, checkpoint_every=150)
+    fakes.reset_counter(stop_at=None)
+    full = evaluate("FakeRegress-v0", fakes.interruptible_agent, **kw)
+    fakes.reset_counter(stop_at=1100)  # inside the second seed (800 steps per seed)
+    with pytest.raises(fakes.Interrupt):
+        evaluate("FakeRegress-v0", fakes.interruptible_agent, **kw)
+    fakes.reset_counter(stop_at=None)
+    resumed = evaluate("FakeRegress-v0", fakes.interruptible_agent, resume=True, **kw)
+    assert resumed.comparable() == full.comparable()
+    assert not ckpt.exists()
