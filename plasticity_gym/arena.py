@@ -101,7 +101,8 @@ class SupervisedArena(ParallelEnv):
         self.agents = list(self.possible_agents)
         obs, infos = {}, {}
         for name in self.agents:
-            obs[name], infos[name] = self._envs[name].reset(seed=seed, options=options)
+            # The streams take no reset options; PettingZoo's API still passes the argument.
+            obs[name], infos[name] = self._envs[name].reset(seed=seed)
         self._check_identical(obs)
         return obs, infos
 

@@ -29,9 +29,9 @@ from plasticity_gym.harness.schema import (
 def __getattr__(name: str) -> Any:
     # compare pulls in the arena (pettingzoo); plot pulls in matplotlib: load on first use.
     if name in ("compare", "Comparison"):
-        from plasticity_gym.harness import compare as _compare
+        from plasticity_gym.harness import headtohead
 
-        return getattr(_compare, name)
+        return getattr(headtohead, name)
     if name == "plot_results":
         from plasticity_gym.harness.plot import plot_results
 

@@ -212,7 +212,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from plasticity_gym.harness.compare import compare, learner_names
+    from plasticity_gym.harness.headtohead import compare, learner_names
 
     names = learner_names(args.agents)
     overrides: dict[str, dict[str, Any]] = {}
