@@ -1,0 +1,88 @@
+"""Units: the recorder's series, bootstrap CIs, --set parsing, progress quietness, submit."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from plasticity_gym.harness.cli import parse_sets
+from plasticity_gym.harness.progress import Progress, progress_wanted
+from plasticity_gym.harness.recorder import StreamRecorder, default_bin_examples
+from plasticity_gym.harness.result import bootstrap_ci
+
+
+def _info(task, phase="train", n=1):
+    return {"target": np.zeros(n), "task_id": task, "phase": phase}
+
+
+def test_recorder_accuracy_per_task_and_phase():
+    rec = StreamRecorder("accuracy", None)
+    for r in (1, 0, 1, 1):
+        rec.record(r, _info(0))
+    rec.record(0.5, _info(0, "test", n=2))
+    for r in (0, 0):
+        rec.record(r, _info(1))
+    s = rec.finish()
+    assert s["online"] == {"index": [0, 1], "value": [0.75, 0.0], "n": [4, 2]}
+    assert s["test"] == {"index": [0], "value": [0.5], "n": [2]}
+    assert "binned" not in s
+
+
+def test_recorder_error_bins_and_non_finite():
+    rec = StreamRecorder("squared_error", 3)
+    for i in range(7):
+        rec.record(-float(i), _info(i // 4))
+    s = rec.finish()
+    assert s["binned"] == {"index": [0, 1, 2], "value": [1.0, 4.0, 6.0], "n": [3, 3, 1]}
+    assert s["online"]["value"] == [1.5, 5.0]
+    rec = StreamRecorder("squared_error", 10)
+    rec.record(-np.inf, _info(0))
+    assert rec.finish()["online"]["value"] == [None]  # JSON has no inf: stored as null
+    assert default_bin_examples(3_000_000) == 40_000 and default_bin_examples(20_000) == 2_000
+
+
+def test_bootstrap_ci():
+    mean, lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and 1.0 <= lo < mean < hi <= 4.0
+    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    assert bootstrap_ci([1.0, 2.0]) == bootstrap_ci([1.0, 2.0])  # deterministic
+
+
+def test_parse_sets():
+    assert parse_sets(["optimizer.lr=3e-3", "cbp.maturity=100", "name=relu", "flag=true", "xs=[1,2]"]) == {
+        "optimizer": {"lr": 0.003}, "cbp": {"maturity": 100}, "name": "relu", "flag": True, "xs": [1, 2]}
+    assert parse_sets(["a.b=1"], nest=False) == {"a.b": 1}
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_sets(["novalue"])
+
+
+def test_progress_quiet_off_tty_and_in_ci(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("CI", raising=False)
+    assert progress_wanted(Tty()) and not progress_wanted(io.StringIO())
+    monkeypatch.setenv("CI", "true")
+    assert not progress_wanted(Tty())
+    out = Tty()
+    bar = Progress(1000, enabled=True, stream=out, interval=0.0, check_every=1)
+    bar.update(500)
+    bar.close(1000)
+    text = out.getvalue()
+    assert "500/1,000 examples" in text and "ex/s" in text and "ETA" in text
+    silent = io.StringIO()
+    Progress(10, enabled=False, stream=silent).close(10)
+    assert silent.getvalue() == ""
+
+
+def test_submit_files_entry_under_its_board(tmp_path, cli):
+    out = tmp_path / "r.json"
+    assert cli("run", "tests.harness.fakes:FakeClassify-v0", "--agent", "tests.harness.fakes:make_agent",
+               "--scale", "smoke", "--probe-every", "0", "--out", out, "--no-progress")[0] == 0
+    code, stdout, _ = cli("submit", out, "--dir", tmp_path / "boards")
+    assert code == 0
+    filed = list((tmp_path / "boards" / "FakeClassify-v0" / "smoke").glob("fake-mlp-*.json"))
+    assert len(filed) == 1 and filed[0].read_bytes() == out.read_bytes()
