@@ -25,6 +25,7 @@ costs more than the arithmetic.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -176,7 +177,8 @@ class SupervisedLearner:
         return self.network
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """A snapshot (deep copy): later training does not change it."""
+        return copy.deepcopy({
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "cbp": self.cbp.state_dict() if self.cbp else None,
@@ -186,7 +188,7 @@ class SupervisedLearner:
             "boundaries_seen": self.boundaries_seen,
             "updates": self.updates,
             "config_hash": self.config.config_hash(),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("config_hash") not in (None, self.config.config_hash()):
