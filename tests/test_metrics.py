@@ -1,0 +1,119 @@
+"""Plasticity metrics against matrices and networks with known answers (SPEC §4)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from plasticity_gym.metrics import (
+    average_weight_magnitude,
+    dead_fraction,
+    dormant_fraction,
+    effective_rank,
+    measure,
+    stable_rank,
+)
+
+
+def test_identity_has_full_effective_and_stable_rank():
+    assert effective_rank(torch.eye(10)) == pytest.approx(10.0)
+    assert stable_rank(torch.eye(10)) == 10
+    assert effective_rank(3.0 * torch.eye(7, 4)) == pytest.approx(4.0)
+
+
+def test_rank_one_matrix():
+    u, v = torch.randn(50, 1), torch.randn(1, 8)
+    assert effective_rank(u @ v) == pytest.approx(1.0, abs=1e-5)
+    assert stable_rank(u @ v) == 1
+
+
+def test_known_spectrum():
+    phi = torch.diag(torch.tensor([3.0, 1.0]))
+    p = torch.tensor([0.75, 0.25])
+    assert effective_rank(phi) == pytest.approx(math.exp(float(-(p * p.log()).sum())))
+    # σ = (100, 1, 0.5): shares 100/101.5 = 0.985, then 101/101.5 = 0.995 > 0.99 → k = 2.
+    assert stable_rank(torch.diag(torch.tensor([100.0, 1.0, 0.5]))) == 2
+    assert stable_rank(torch.zeros(3, 3)) == 0 and effective_rank(torch.zeros(3, 3)) == 0.0
+
+
+def test_dead_and_dormant_columns():
+    acts = torch.rand(200, 5) + 0.1
+    acts[:, 1] = 0.0  # dead
+    acts[:, 3] = 0.0
+    acts[:2, 3] = 1.0  # active on 1% of the probe: dormant at threshold 1%, not dead
+    acts[:, 4] = -1.0  # negative (e.g. tanh): never fires
+    assert dead_fraction(acts) == pytest.approx(2 / 5)
+    assert dormant_fraction(acts, 0.01) == pytest.approx(3 / 5)
+    assert dormant_fraction(acts, 0.005) == pytest.approx(2 / 5)
+
+
+def test_average_weight_magnitude_counts_weights_only():
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.fill_(-2.0)
+        net[2].weight.fill_(1.0)
+        net[0].bias.fill_(100.0)
+    assert average_weight_magnitude(net) == pytest.approx((6 * 2 + 2 * 1) / 8)
+
+
+def test_measure_on_a_network_with_a_dead_unit():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))
+        net[0].bias.copy_(torch.tensor([0.0, 0.0, -10.0]))  # unit 2 never fires on [0, 1) inputs
+        net[2].weight.copy_(torch.eye(3))
+        net[2].bias.zero_()
+    net.train()
+    x = np.random.default_rng(0).random((300, 4), dtype=np.float32)
+    r = measure(net, x, dormant_threshold=0.01)
+    assert net.training  # mode restored
+    assert set(r["layers"]) == {"1", "3"}
+    for name in ("1", "3"):
+        layer = r["layers"][name]
+        assert layer["units"] == 3
+        assert layer["dead_pct"] == pytest.approx(100 / 3)
+        assert layer["stable_rank"] == 2
+        assert 1.0 < layer["effective_rank"] < 2.0
+    assert r["layers"]["1"]["producer"] == "0" and r["layers"]["3"]["producer"] == "2"
+    assert r["dead_pct"] == pytest.approx(100 / 3)
+    assert r["stable_rank"] == 2 and r["n_units"] == 6
+    assert r["avg_weight_magnitude"] == pytest.approx(average_weight_magnitude(net))
+
+
+def test_measure_conv_channels_and_chunking():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with torch.no_grad():
+        net[0].bias.copy_(torch.tensor([0.0, 0.0, -100.0, 0.0]))
+    x = torch.rand(50, 1, 8, 8)
+    a = measure(net, x, batch_size=7)
+    b = measure(net, x, batch_size=500)
+    assert a["layers"]["1"]["units"] == 4
+    assert a["layers"]["1"]["dead_pct"] == pytest.approx(25.0)
+    assert a["layers"]["1"]["effective_rank"] == pytest.approx(b["layers"]["1"]["effective_rank"], rel=1e-5)
+
+
+def test_measure_works_on_reference_agents_networks():
+    from agents.networks import MLP
+
+    net = MLP(10, [20, 20], 3)
+    r = measure(net, torch.rand(100, 10))
+    assert r["n_layers"] == 2 and r["n_units"] == 40
+    assert r["layers"]["acts.0"]["producer"] == "layers.0"
+
+
+def test_metrics_module_does_not_import_agents():
+    import ast
+    import pathlib
+
+    import plasticity_gym.metrics as m
+
+    tree = ast.parse(pathlib.Path(m.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert not (node.module or "").startswith("agents")
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith("agents") for a in node.names)
