@@ -1,0 +1,419 @@
+"""Many seeds of one MLP reference agent in lockstep, as one batched computation (issue 5).
+
+The paper needed 30–100 runs per configuration. :class:`LockstepLearner` trains ``N``
+independent MLPs — one per seed, each exactly the network :func:`agents.make_agent` builds for
+that seed — on ``N`` streams at once: weights are stacked along a leading seed axis, the
+forward and backward passes are hand-written batched matmuls, and the optimizer, Shrink and
+Perturb, continual backprop and ReDo act on every seed in the same few tensor operations.
+
+Each seed's trajectory equals running that seed alone with :class:`agents.SupervisedLearner`
+(to float tolerance; tested over thousands of steps, CBP replacements included):
+
+* the initial weights are those of the single learner's network for that seed;
+* every random draw after construction (S&P noise, CBP/ReDo redraws) comes from that seed's own
+  generator, in the single learner's order;
+* the CBP decisions come from the same :class:`agents.cbp_state.UnitStatistics` the single
+  learner uses.
+
+It speaks a vectorised agent protocol: observations ``(N, batch, *x_shape)``, actions
+``(N, batch)``, rewards ``(N,)`` and Gymnasium vector-env ``info`` (arrays over seeds), as
+produced by ``gym.make_vec(env_id, num_envs=N, vectorization_mode="vector_entry_point")``.
+All seeds must be in the same phase at every step (true for one env config with any seeds).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.cbp_state import UnitStatistics
+from agents.config import LearnerConfig
+from agents.learners import build_network, resolve_device, task_spec
+from agents.networks import MLP
+from agents.units import get_init
+
+__all__ = ["LockstepLearner", "LockstepUnsupported", "lockstep_support"]
+
+
+class LockstepUnsupported(ValueError):
+    """The config asks for something the lockstep learner does not implement."""
+
+
+def lockstep_support(config: LearnerConfig) -> str | None:
+    """``None`` when ``config`` can run in lockstep, else the reason it cannot."""
+    net = config.network
+    if net.kind not in ("mlp", "linear"):
+        return f"network.kind={net.kind!r} (lockstep runs MLPs and the linear model)"
+    if net.dropout > 0:
+        return "dropout (its masks are drawn per example; run seeds one by one)"
+    if config.head_reset != "none" or config.retrain:
+        return "task-boundary resets (head reset, retrain)"
+    return None
+
+
+def _activation(name: str, pre: torch.Tensor, slope: float) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(pre)
+    if name == "leaky_relu":
+        return torch.nn.functional.leaky_relu(pre, slope)
+    if name == "tanh":
+        return torch.tanh(pre)
+    if name == "sigmoid":
+        return torch.sigmoid(pre)
+    if name == "elu":
+        return torch.nn.functional.elu(pre)
+    return torch.nn.functional.silu(pre)
+
+
+def _derivative_(name: str, g: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
+                 slope: float) -> None:
+    """g ← g · d post / d pre, in place."""
+    if name == "relu":
+        g.mul_(post > 0)
+    elif name == "leaky_relu":
+        g.mul_(torch.where(pre > 0, 1.0, slope).to(g.dtype))
+    elif name == "tanh":
+        g.mul_(1.0 - post * post)
+    elif name == "sigmoid":
+        g.mul_(post * (1.0 - post))
+    elif name == "elu":
+        g.mul_(torch.where(pre > 0, torch.ones_like(post), post + 1.0))
+    else:
+        s = torch.sigmoid(pre)
+        g.mul_(s * (1.0 + pre * (1.0 - s)))
+
+
+class LockstepLearner:
+    """``len(seeds)`` independent copies of reference agent ``name``, trained in lockstep."""
+
+    learns_only_in_train = True
+
+    def __init__(self, name: str, config: LearnerConfig, observation_space: gym.Space,
+                 action_space: gym.Space, *, seeds: Sequence[int], device: str = "auto") -> None:
+        reason = lockstep_support(config)
+        if reason is not None:
+            raise LockstepUnsupported(f"agent {name!r} cannot run in lockstep: {reason}")
+        if len(seeds) == 0:
+            raise ValueError("seeds must not be empty")
+        self.name = name
+        self.config = config
+        self.seeds = [int(s) for s in seeds]
+        self.n = len(self.seeds)
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self._requested_device = str(device)
+        self.device = resolve_device(device)
+        self.spec = task_spec(observation_space, action_space)
+        self.classification = self.spec["kind"] == "classification"
+        nets = [build_network(config, self.spec, torch.Generator().manual_seed(s)) for s in self.seeds]
+        linears = self._linears(nets[0])
+        self.activation = config.network.activation
+        self.slope = config.network.leaky_slope
+        self.init_specs = [get_init(lin) for lin in linears]
+        # Stacked parameters in nn.Linear layout: weights (N, out, in), biases (N, out).
+        self.weights: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor] = []
+        for i in range(len(linears)):
+            ws = [self._linears(net)[i] for net in nets]
+            self.weights.append(torch.stack([m.weight.detach() for m in ws]).to(self.device).contiguous())
+            self.biases.append(torch.stack([m.bias.detach() for m in ws]).to(self.device).contiguous())
+        # The single learner's parameter order (network.parameters()): w0, b0, w1, b1, ..., head.
+        self.params: list[torch.Tensor] = [t for pair in zip(self.weights, self.biases) for t in pair]
+        self.generators = [torch.Generator(device=self.device).manual_seed(s + 1) for s in self.seeds]
+        self._init_optimizer_state()
+        n_hidden = len(self.weights) - 1
+        widths = [int(w.shape[1]) for w in self.weights[:-1]]
+        self.cbp = ([UnitStatistics(config.cbp, self.n, widths[i], device=self.device)
+                     for i in range(n_hidden)] if config.cbp else None)
+        self.redo_sums = ([torch.zeros(self.n, widths[i], device=self.device) for i in range(n_hidden)]
+                          if config.redo else None)
+        self.redo_count = 0
+        self.redo_replacements = np.zeros(self.n, dtype=np.int64)
+        self._pending: tuple | None = None
+        self._probe_net: MLP | None = None
+        self.updates = 0
+
+    @staticmethod
+    def _linears(net: torch.nn.Module) -> list[torch.nn.Linear]:
+        return [*getattr(net, "layers", []), net.head]
+
+    # -- protocol ------------------------------------------------------------------------------
+    @property
+    def uses_task_boundaries(self) -> bool:
+        return False
+
+    def act(self, observations: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+        """Predict every seed's batch: ``(N, batch, *x)`` → ``(N, batch)``."""
+        x = self._tensor(observations)
+        with torch.no_grad():
+            out, cache = self._forward(x)
+        train = _first(infos, "next_phase", "train") == "train"
+        self._pending = (observations, out, cache) if train else None
+        if self.classification:
+            return out.argmax(2).cpu().numpy()
+        return out[..., 0].cpu().numpy()
+
+    def observe(self, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                infos: dict[str, Any]) -> None:
+        pending, self._pending = self._pending, None
+        if _first(infos, "phase", None) != "train":
+            return
+        if "target" not in infos:
+            raise KeyError("observe: info has no 'target' in a train phase")
+        if pending is None or pending[0] is not observations:
+            with torch.no_grad():
+                out, cache = self._forward(self._tensor(observations))
+        else:
+            _, out, cache = pending
+        self._learn(out, cache, infos["target"])
+
+    # -- optional protocol parts ---------------------------------------------------------------
+    def probe_model(self, index: int = 0) -> torch.nn.Module:
+        """Seed ``index``'s network as an ``nn.Module`` (for plasticity metrics)."""
+        if self._probe_net is None:
+            self._probe_net = build_network(self.config, self.spec, torch.Generator().manual_seed(0)).to(self.device)
+            self._probe_net.eval()
+        with torch.no_grad():
+            for lin, w, b in zip(self._linears(self._probe_net), self.weights, self.biases):
+                lin.weight.copy_(w[index])
+                lin.bias.copy_(b[index])
+        return self._probe_net
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot (deep copy) of everything that changes while learning."""
+        return copy.deepcopy({
+            "weights": [w.cpu() for w in self.weights],
+            "biases": [b.cpu() for b in self.biases],
+            "optimizer": {k: [t.cpu() for t in v] if isinstance(v, list) else v
+                          for k, v in self.opt_state.items()},
+            "cbp": [s.state_dict() for s in self.cbp] if self.cbp else None,
+            "redo": ({"sums": [s.cpu() for s in self.redo_sums], "count": self.redo_count,
+                      "replacements": self.redo_replacements.copy()} if self.redo_sums else None),
+            "generators": [g.get_state() for g in self.generators],
+            "updates": self.updates,
+            "seeds": list(self.seeds),
+            "config_hash": self.config.config_hash(),
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("config_hash") != self.config.config_hash() or state.get("seeds") != self.seeds:
+            raise ValueError("state was saved by a lockstep learner with a different config or seeds")
+        with torch.no_grad():
+            for dst, src in zip(self.weights + self.biases, state["weights"] + state["biases"]):
+                dst.copy_(src)
+            for k, v in state["optimizer"].items():
+                if isinstance(v, list):
+                    for dst, src in zip(self.opt_state[k], v):
+                        dst.copy_(src)
+                else:
+                    self.opt_state[k] = v
+        if self.cbp:
+            for s, st in zip(self.cbp, state["cbp"]):
+                s.load_state_dict(st)
+        if self.redo_sums:
+            for dst, src in zip(self.redo_sums, state["redo"]["sums"]):
+                dst.copy_(src)
+            self.redo_count = int(state["redo"]["count"])
+            self.redo_replacements[:] = state["redo"]["replacements"]
+        for g, st in zip(self.generators, state["generators"]):
+            g.set_state(st)
+        self.updates = int(state["updates"])
+        self._pending = None
+
+    def __reduce__(self):
+        return (_rebuild, (self.name, self.config.to_dict(), self.observation_space,
+                           self.action_space, self.seeds, self._requested_device),
+                self.state_dict())
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"LockstepLearner(name={self.name!r}, seeds={self.n}, device={self.device})"
+
+    # -- internals -----------------------------------------------------------------------------
+    def _tensor(self, observations: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(observations), dtype=torch.float32, device=self.device)
+        if x.dim() < 3 or x.shape[0] != self.n:
+            raise ValueError(f"expected observations of shape ({self.n}, batch, ...), got {tuple(x.shape)}")
+        return x.reshape(self.n, x.shape[1], -1)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list, list]]:
+        inputs, pres, posts = [], [], []
+        h = x
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            inputs.append(h)
+            pre = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            post = _activation(self.activation, pre, self.slope)
+            pres.append(pre)
+            posts.append(post)
+            h = post
+        inputs.append(h)
+        out = torch.baddbmm(self.biases[-1].unsqueeze(1), h, self.weights[-1].transpose(1, 2))
+        return out, (inputs, pres, posts)
+
+    def _output_gradient(self, out: torch.Tensor, target: Any) -> torch.Tensor:
+        """d loss / d output per seed: cross-entropy or torch's mse_loss, mean over the batch."""
+        batch = out.shape[1]
+        y = torch.as_tensor(np.asarray(target), device=self.device)
+        if self.classification:
+            g = torch.softmax(out, 2)
+            g.scatter_add_(2, y.long().view(self.n, batch, 1),
+                           torch.full((self.n, batch, 1), -1.0, device=out.device))
+        else:
+            g = (out - y.float().view(self.n, batch, 1)).mul_(2.0)
+        return g.div_(batch)
+
+    @torch.no_grad()
+    def _learn(self, out: torch.Tensor, cache: tuple[list, list, list], target: Any) -> None:
+        inputs, pres, posts = cache
+        g = self._output_gradient(out, target)
+        oc = self.config.optimizer
+        plain_sgd = oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0
+        grads: list[torch.Tensor] = [g] * len(self.params)  # filled in w0, b0, w1, b1, ... order
+        for i in range(len(self.weights) - 1, -1, -1):
+            w = self.weights[i]
+            # The gradient flows back through the weights as they were before this update.
+            g_prev = torch.bmm(g, w) if i > 0 else None
+            if plain_sgd:
+                # w -= lr·gᵀx fused, with no gradient tensor: the paper's runs are plain SGD.
+                self._outer_update_(w, g, inputs[i], -oc.lr)
+                self.biases[i].sub_(g.sum(1), alpha=oc.lr)
+            else:
+                grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
+                grads[2 * i + 1] = g.sum(1)
+            if g_prev is not None:
+                _derivative_(self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
+                g = g_prev
+        if not plain_sgd:
+            self._optimizer_step(grads)
+        self.updates += 1
+        sp = self.config.shrink_perturb
+        if sp is not None:
+            self._shrink_perturb(sp.weight_decay, sp.noise_std)
+        if self.cbp is not None:
+            self._cbp_step(posts)
+        if self.redo_sums is not None:
+            self._redo_step(posts)
+
+    @staticmethod
+    def _outer_update_(w: torch.Tensor, g: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
+        """w += alpha · gᵀ x (summed over the batch)."""
+        if g.shape[1] == 1:
+            w.addcmul_(g.transpose(1, 2), x, value=alpha)  # a rank-1 update per seed
+        else:
+            w.baddbmm_(g.transpose(1, 2), x, alpha=alpha)
+
+    def _init_optimizer_state(self) -> None:
+        oc = self.config.optimizer
+        self.opt_state: dict[str, Any] = {"step": 0}
+        if oc.name == "sgd" and oc.momentum > 0:
+            self.opt_state["momentum"] = [torch.zeros_like(p) for p in self.params]
+            self.opt_state["momentum_started"] = False
+        if oc.name == "adam":
+            self.opt_state["exp_avg"] = [torch.zeros_like(p) for p in self.params]
+            self.opt_state["exp_avg_sq"] = [torch.zeros_like(p) for p in self.params]
+
+    def _optimizer_step(self, grads: list[torch.Tensor]) -> None:
+        """torch.optim.SGD / Adam's arithmetic, on every seed at once."""
+        oc = self.config.optimizer
+        st = self.opt_state
+        st["step"] += 1
+        if oc.weight_decay != 0.0:
+            grads = [g.add(p, alpha=oc.weight_decay) for g, p in zip(grads, self.params)]
+        if oc.name == "sgd":
+            if oc.momentum > 0:
+                bufs = st["momentum"]
+                if not st["momentum_started"]:
+                    for b, g in zip(bufs, grads):
+                        b.copy_(g)  # torch's first step: buf = grad
+                    st["momentum_started"] = True
+                else:
+                    for b, g in zip(bufs, grads):
+                        b.mul_(oc.momentum).add_(g)
+                grads = bufs
+            for p, g in zip(self.params, grads):
+                p.add_(g, alpha=-oc.lr)
+            return
+        beta1, beta2 = oc.betas
+        step = st["step"]
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        step_size = oc.lr / bias_correction1
+        for p, g, m, v in zip(self.params, grads, st["exp_avg"], st["exp_avg_sq"]):
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(oc.eps)
+            p.addcdiv_(m, denom, value=-step_size)
+
+    def _shrink_perturb(self, weight_decay: float, noise_std: float) -> None:
+        shrink = 1.0 - self.config.optimizer.lr * weight_decay
+        if shrink != 1.0:
+            torch._foreach_mul_(self.params, shrink)
+        if noise_std > 0.0:
+            # Each seed draws from its own generator in the single learner's order.
+            for r, gen in enumerate(self.generators):
+                for p in self.params:
+                    p[r].add_(torch.randn(p.shape[1:], generator=gen, device=p.device,
+                                          dtype=p.dtype), alpha=noise_std)
+
+    def _zero_optimizer_slices(self, param_index: int, index: tuple) -> None:
+        for key in ("momentum", "exp_avg", "exp_avg_sq"):
+            if key in self.opt_state:
+                self.opt_state[key][param_index][index] = 0
+
+    def _reinit_units(self, layer: int, replica: int, idx: torch.Tensor) -> None:
+        """CBP/ReDo surgery on seed ``replica``: the same as :func:`agents.units.reinit_units`."""
+        w, b, consumer = self.weights[layer], self.biases[layer], self.weights[layer + 1]
+        gen = self.generators[replica]
+        w[replica, idx] = self.init_specs[layer].sample((idx.numel(), w.shape[2]), device=w.device,
+                                                        dtype=w.dtype, generator=gen)
+        b[replica, idx] = 0
+        consumer[replica, :, idx] = 0
+        self._zero_optimizer_slices(2 * layer, (replica, idx))
+        self._zero_optimizer_slices(2 * layer + 1, (replica, idx))
+        self._zero_optimizer_slices(2 * layer + 2, (replica, slice(None), idx))
+
+    def _cbp_step(self, posts: list[torch.Tensor]) -> None:
+        for layer, stats in enumerate(self.cbp):
+            w, consumer = self.weights[layer], self.weights[layer + 1]
+            in_mag = w.abs().sum(2) if stats.config.utility != "contribution" else None
+            stats.update(posts[layer], consumer.abs().sum(1), in_mag)
+            for replica, idx in stats.due().items():
+                self._reinit_units(layer, replica, idx)
+                stats.reset_units(replica, idx)
+
+    def _redo_step(self, posts: list[torch.Tensor]) -> None:
+        for sums, h in zip(self.redo_sums, posts):
+            sums.add_(h.abs().mean(1))
+        self.redo_count += 1
+        rc = self.config.redo
+        if self.redo_count < rc.period:
+            return
+        for layer, sums in enumerate(self.redo_sums):
+            mean = sums / self.redo_count
+            scores = mean / mean.mean(1, keepdim=True).clamp_min(1e-12)
+            dormant = scores <= rc.threshold
+            for replica in torch.nonzero(dormant.any(1)).flatten().tolist():
+                idx = torch.nonzero(dormant[replica]).flatten()
+                self._reinit_units(layer, replica, idx)
+                self.redo_replacements[replica] += int(idx.numel())
+            sums.zero_()
+        self.redo_count = 0
+
+
+def _first(infos: dict[str, Any], key: str, default: Any) -> Any:
+    value = infos.get(key)
+    if value is None:
+        return default
+    return value[0] if isinstance(value, (np.ndarray, list, tuple)) else value
+
+
+def _rebuild(name, config_dict, observation_space, action_space, seeds, device):
+    return LockstepLearner(name, LearnerConfig.from_dict(config_dict), observation_space,
+                           action_space, seeds=seeds, device=device)

@@ -1,0 +1,140 @@
+"""The lockstep learner equals N single learners, seed by seed (issue 5)."""
+
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import plasticity_gym  # noqa: F401  (registers the envs)
+from agents import make_agent, resolve_config
+from agents.lockstep import LockstepLearner, LockstepUnsupported, lockstep_support
+
+SEEDS = (3, 7)
+
+
+def _pair(env_id, name, overrides, seeds=SEEDS, scale="smoke"):
+    venv = gym.make_vec(env_id, num_envs=len(seeds), vectorization_mode="vector_entry_point",
+                        scale=scale)
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    cfg = resolve_config(name, osp, asp, env_id=env_id, scale=scale, overrides=overrides)
+    lock = LockstepLearner(name, cfg, osp, asp, seeds=seeds, device="cpu")
+    singles = [make_agent(name, osp, asp, env_id=env_id, scale=scale, overrides=overrides,
+                          seed=s, device="cpu") for s in seeds]
+    envs = [gym.make(env_id, scale=scale) for _ in seeds]
+    return venv, lock, envs, singles
+
+
+def _run(venv, lock, envs, singles, steps, seeds=SEEDS):
+    obs, info = venv.reset(seed=list(seeds))
+    outs = [env.reset(seed=s) for env, s in zip(envs, seeds)]
+    for _ in range(steps):
+        actions = lock.act(obs, info)
+        single_actions = [ag.act(o, i) for ag, (o, i) in zip(singles, outs)]
+        np.testing.assert_array_equal(actions, np.stack(single_actions)) if actions.dtype.kind == "i" \
+            else np.testing.assert_allclose(actions, np.stack(single_actions), rtol=1e-4, atol=1e-4)
+        nxt = venv.step(actions)
+        res = [env.step(a) for env, a in zip(envs, single_actions)]
+        lock.observe(obs, actions, nxt[1], nxt[4])
+        for ag, (o, i), a, r in zip(singles, outs, single_actions, res):
+            ag.observe(o, a, r[1], r[4])
+        obs, info = nxt[0], nxt[4]
+        outs = [(r[0], r[4]) for r in res]
+
+
+def _assert_same_weights(lock, singles, tol=1e-4):
+    for k, ag in enumerate(singles):
+        for j, p in enumerate(ag.params):
+            torch.testing.assert_close(lock.params[j][k], p.detach(), rtol=tol, atol=tol)
+
+
+CASES = [
+    ("backprop", None),
+    ("adam", None),
+    ("l2", {"optimizer": {"momentum": 0.9}}),
+    ("shrink-perturb", {"shrink_perturb": {"weight_decay": 1e-2, "noise_std": 1e-3}}),
+    ("cbp", {"cbp": {"replacement_rate": 0.01, "maturity": 20}}),
+    ("cbp", {"cbp": {"replacement_rate": 0.01, "maturity": 20, "utility": "adaptable_contribution"}}),
+    ("cbp", {"optimizer": {"name": "adam", "lr": 1e-3}, "cbp": {"replacement_rate": 0.01, "maturity": 20}}),
+    ("redo", {"redo": {"period": 50, "threshold": 0.5}}),
+]
+
+
+@pytest.mark.parametrize("name,overrides", CASES)
+def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
+    venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
+    _run(venv, lock, envs, singles, 1500)
+    _assert_same_weights(lock, singles)
+    if lock.cbp:
+        counts = [s.replacements.tolist() for s in lock.cbp]
+        assert counts == [[ag.cbp.replacements[g] for ag in singles] for g in singles[0].cbp.replacements]
+        assert all(c > 0 for row in counts for c in row)  # replacements really happened
+    if lock.redo_sums is not None:
+        assert lock.redo_replacements.tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
+        assert lock.redo_replacements.sum() > 0
+
+
+def test_lockstep_equals_single_learners_on_permuted_mnist_with_cbp():
+    overrides = {"network": {"hidden": [24, 16]}, "cbp": {"replacement_rate": 0.02, "maturity": 10}}
+    venv, lock, envs, singles = _pair("PermutedMNIST-v0", "cbp", overrides)
+    _run(venv, lock, envs, singles, 600)
+    _assert_same_weights(lock, singles)
+    assert all(s.replacements.min() > 0 for s in lock.cbp)
+
+
+def test_lockstep_state_round_trip_and_pickle_continue_identically():
+    overrides = {"cbp": {"replacement_rate": 0.01, "maturity": 20}}
+    venv, lock, _, _ = _pair("SlowRegression-v0", "cbp", overrides)
+    obs, info = venv.reset(seed=list(SEEDS))
+    for _ in range(300):
+        a = lock.act(obs, info)
+        obs2, r, _, _, info2 = venv.step(a)
+        lock.observe(obs, a, r, info2)
+        obs, info = obs2, info2
+    clone = pickle.loads(pickle.dumps(lock))
+    venv2 = pickle.loads(pickle.dumps(venv))
+    obs_b, info_b = obs.copy(), info
+    for learner, env, o, i in ((lock, venv, obs, info), (clone, venv2, obs_b, info_b)):
+        for _ in range(300):
+            a = learner.act(o, i)
+            o2, r, _, _, i2 = env.step(a)
+            learner.observe(o, a, r, i2)
+            o, i = o2, i2
+    for p, q in zip(lock.params, clone.params):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_lockstep_does_not_learn_outside_train_phase():
+    venv, lock, _, _ = _pair("SlowRegression-v0", "backprop", None)
+    obs, info = venv.reset(seed=0)
+    before = [p.clone() for p in lock.params]
+    a = lock.act(obs, info)
+    _, r, _, _, info2 = venv.step(a)
+    info2 = dict(info2, phase=np.full(len(SEEDS), "test", dtype=object))
+    lock.observe(obs, a, r, info2)
+    for p, q in zip(before, lock.params):
+        assert torch.equal(p, q)
+
+
+def test_unsupported_configs_are_refused_with_a_reason():
+    venv = gym.make_vec("PermutedMNIST-v0", num_envs=2, scale="smoke")
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    for name in ("dropout", "head-reset", "retrain"):
+        cfg = resolve_config(name, osp, asp, env_id="PermutedMNIST-v0", scale="smoke")
+        assert lockstep_support(cfg) is not None
+        with pytest.raises(LockstepUnsupported, match="cannot run in lockstep"):
+            LockstepLearner(name, cfg, osp, asp, seeds=(0, 1))
+    with pytest.raises(ValueError, match="observations of shape"):
+        cfg = resolve_config("backprop", osp, asp, env_id="PermutedMNIST-v0", scale="smoke")
+        LockstepLearner("backprop", cfg, osp, asp, seeds=(0, 1)).act(np.zeros((3, 1, 784), np.float32), {})
+
+
+def test_probe_model_is_the_seeds_network():
+    venv, lock, envs, singles = _pair("SlowRegression-v0", "backprop", None)
+    _run(venv, lock, envs, singles, 200)
+    x = torch.rand(5, 21)
+    for k, ag in enumerate(singles):
+        torch.testing.assert_close(lock.probe_model(k)(x), ag.network(x), rtol=1e-4, atol=1e-4)
