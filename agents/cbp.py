@@ -39,6 +39,11 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
     return h.transpose(0, 1).reshape(h.shape[1], -1).mean(1)
 
 
+def _all_plain_linear(g: UnitGroup) -> bool:
+    return g.producer.weight.device.type == "cpu" and g.producer.weight.dtype == torch.float32 and all(
+        isinstance(c.module, torch.nn.Linear) and c.positions == 1 for c in g.consumers)
+
+
 class ActivationCapture:
     """Forward hooks that keep the latest training-forward output of each group's activation."""
 
@@ -184,9 +189,15 @@ class ContinualBackprop:
             self.capture.captured.clear()
         return replaced
 
-    def _update_utility(self, g: UnitGroup, h: torch.Tensor) -> None:
+    def _update_utility(self, g: UnitGroup, h: torch.Tensor | np.ndarray) -> None:
         cfg = self.config
         eta = cfg.decay
+        if cfg.utility == "contribution" and h.ndim == 2 and _all_plain_linear(g):
+            # CPU MLP layers: numpy's per-call overhead is far below torch's for tiny tensors.
+            self._update_utility_numpy(g, h if isinstance(h, np.ndarray) else h.detach().numpy())
+            return
+        if isinstance(h, np.ndarray):
+            h = torch.from_numpy(h)
         out_mag = g.outgoing_magnitude()
         n = h.numel() // h.shape[1]  # examples × positions averaged over
         if cfg.utility == "contribution":
@@ -205,6 +216,23 @@ class ContinualBackprop:
             self.utility[g.name].lerp_(inst, 1.0 - eta)  # η·u + (1−η)·inst
         else:
             self.utility[g.name].copy_(inst)
+
+    def _update_utility_numpy(self, g: UnitGroup, h: np.ndarray) -> None:
+        """The contribution utility in numpy, for CPU MLPs fed by the numpy fast path (the
+        utility array is a view of the same memory as the torch tensor)."""
+        eta = self.config.decay
+        out_mag = np.abs(g.consumers[0].module.weight.detach().numpy()).sum(0)
+        for c in g.consumers[1:]:
+            out_mag += np.abs(c.module.weight.detach().numpy()).sum(0)
+        inst = np.abs(h).sum(0) * out_mag
+        if h.shape[0] > 1:
+            inst /= h.shape[0]
+        u = self.utility[g.name].numpy()
+        if self.config.running_average:
+            u *= eta
+            u += (1.0 - eta) * inst
+        else:
+            u[:] = inst
 
     def _lowest_utility(self, name: str, k: int) -> torch.Tensor:
         u = self.corrected_utility(name)

@@ -238,7 +238,7 @@ class LockstepLearner:
 
     # -- internals -----------------------------------------------------------------------------
     def _tensor(self, observations: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(observations), dtype=torch.float32, device=self.device)
+        x = _as_float_tensor(observations, self.device)
         if x.dim() < 3 or x.shape[0] != self.n:
             raise ValueError(f"expected observations of shape ({self.n}, batch, ...), got {tuple(x.shape)}")
         return x.reshape(self.n, x.shape[1], -1)
@@ -260,14 +260,14 @@ class LockstepLearner:
     def _output_gradient(self, out: torch.Tensor, target: Any) -> torch.Tensor:
         """d loss / d output per seed: cross-entropy or torch's mse_loss, mean over the batch."""
         batch = out.shape[1]
-        y = torch.as_tensor(np.asarray(target), device=self.device)
         if self.classification:
+            y = torch.as_tensor(np.asarray(target), device=self.device)
             g = torch.softmax(out, 2)
             g.scatter_add_(2, y.long().view(self.n, batch, 1),
                            torch.full((self.n, batch, 1), -1.0, device=out.device))
-        else:
-            g = (out - y.float().view(self.n, batch, 1)).mul_(2.0)
-        return g.div_(batch)
+            return g.div_(batch) if batch > 1 else g
+        y = _as_float_tensor(target, self.device)
+        return torch.sub(out, y.view(self.n, batch, 1)).mul_(2.0 / batch)
 
     @torch.no_grad()
     def _learn(self, out: torch.Tensor, cache: tuple[list, list, list], target: Any) -> None:
@@ -283,7 +283,7 @@ class LockstepLearner:
             if plain_sgd:
                 # w -= lr·gᵀx fused, with no gradient tensor: the paper's runs are plain SGD.
                 self._outer_update_(w, g, inputs[i], -oc.lr)
-                self.biases[i].sub_(g.sum(1), alpha=oc.lr)
+                self.biases[i].sub_(g[:, 0] if g.shape[1] == 1 else g.sum(1), alpha=oc.lr)
             else:
                 grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
                 grads[2 * i + 1] = g.sum(1)
@@ -405,6 +405,13 @@ class LockstepLearner:
                 self.redo_replacements[replica] += int(idx.numel())
             sums.zero_()
         self.redo_count = 0
+
+
+def _as_float_tensor(array: Any, device: torch.device) -> torch.Tensor:
+    """A float32 tensor on ``device``; zero-copy for a float32 numpy array on the CPU."""
+    if type(array) is np.ndarray and array.dtype == np.float32 and device.type == "cpu":
+        return torch.from_numpy(array)
+    return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=device)
 
 
 def _first(infos: dict[str, Any], key: str, default: Any) -> Any:

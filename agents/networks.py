@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -216,6 +217,79 @@ class MLP(PlasticNetwork):
                 g = torch.mm(g, lin.weight)
                 g.mul_(_activation_derivative(self.activation_name, pres[i - 1], posts[i - 1],
                                               self.leaky_slope))
+
+
+    # -- numpy path (CPU, tiny batches): same math on views that share the parameters' memory --
+    def _numpy_views(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        lins = [*self.layers, self.head]
+        key = tuple(lin.weight.data_ptr() for lin in lins)
+        if getattr(self, "_np_key", None) != key:  # (re)build when storage changed
+            self._np_cache = [(lin.weight.detach().numpy(), lin.bias.detach().numpy()) for lin in lins]
+            self._np_key = key
+        return self._np_cache
+
+    def forward_numpy(self, x: np.ndarray) -> tuple[np.ndarray, tuple[list, list, list]]:
+        """``forward_cached`` in numpy on CPU parameters (float32 throughout)."""
+        views = self._numpy_views()
+        x = x.reshape(x.shape[0], -1)
+        inputs, pres, posts = [], [], []
+        act = self.activation_name
+        for w, b in views[:-1]:
+            inputs.append(x)
+            pre = x @ w.T
+            pre += b
+            if act == "relu":
+                post = np.maximum(pre, 0)
+            elif act == "leaky_relu":
+                post = np.where(pre > 0, pre, pre * np.float32(self.leaky_slope))
+            elif act == "tanh":
+                post = np.tanh(pre)
+            elif act == "sigmoid":
+                post = 1 / (1 + np.exp(-pre))
+            elif act == "elu":
+                post = np.where(pre > 0, pre, np.expm1(np.minimum(pre, 0)))
+            else:
+                post = pre / (1 + np.exp(-pre))
+            pres.append(pre)
+            posts.append(post)
+            x = post
+        inputs.append(x)
+        w, b = views[-1]
+        out = x @ w.T
+        out += b
+        return out, (inputs, pres, posts)
+
+    def backward_numpy(self, cache: tuple[list, list, list], grad_out: np.ndarray) -> list[np.ndarray]:
+        """Gradients [dW0, db0, dW1, db1, ..., dW_head, db_head] (parameters() order)."""
+        views = self._numpy_views()
+        inputs, pres, posts = cache
+        grads: list[np.ndarray] = [None] * (2 * len(views))  # type: ignore[list-item]
+        g = grad_out
+        for i in range(len(views) - 1, -1, -1):
+            w, _ = views[i]
+            grads[2 * i] = g.T @ inputs[i]
+            grads[2 * i + 1] = g.sum(0)
+            if i > 0:
+                g = g @ w
+                g *= _activation_derivative_np(self.activation_name, pres[i - 1], posts[i - 1],
+                                               self.leaky_slope)
+        return grads
+
+
+def _activation_derivative_np(name: str, pre: np.ndarray, post: np.ndarray,
+                              leaky_slope: float) -> np.ndarray:
+    if name == "relu":
+        return pre > 0
+    if name == "leaky_relu":
+        return np.where(pre > 0, np.float32(1), np.float32(leaky_slope))
+    if name == "tanh":
+        return 1 - post * post
+    if name == "sigmoid":
+        return post * (1 - post)
+    if name == "elu":
+        return np.where(pre > 0, np.float32(1), post + 1)
+    s = 1 / (1 + np.exp(-pre))
+    return s * (1 + pre * (1 - s))
 
 
 class ConvNet(PlasticNetwork):

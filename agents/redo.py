@@ -58,7 +58,10 @@ class ReDo:
     @torch.no_grad()
     def step(self, activations: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
         for g in self.groups:
-            self.sums[g.name] += unit_mean(self.capture.get(activations, g.name).abs())
+            h = self.capture.get(activations, g.name)
+            if not torch.is_tensor(h):
+                h = torch.from_numpy(h)
+            self.sums[g.name] += unit_mean(h.abs())
         self.count += 1
         if activations is None:
             self.capture.captured.clear()

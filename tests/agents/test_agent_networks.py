@@ -87,3 +87,19 @@ def test_reset_parameters_redraws_everything():
         assert not torch.equal(p, b + 1.0)
     assert torch.all(net.layers[0].bias == 0)
     assert LinearNet(4, 2).cbp_groups() == []
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_mlp_numpy_path_matches_autograd(act):
+    torch.manual_seed(0)
+    net = MLP(7, [9, 6], 4, activation=act)
+    x = torch.rand(3, 7)
+    out, cache = net.forward_numpy(x.numpy())
+    torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-5, atol=1e-6)
+    y = torch.tensor([0, 3, 1])
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    g = torch.softmax(torch.from_numpy(out), 1)
+    g[torch.arange(3), y] -= 1
+    mine = net.backward_numpy(cache, (g / 3).numpy())
+    for a, b in zip(mine, grads):
+        torch.testing.assert_close(torch.from_numpy(a), b, rtol=1e-5, atol=1e-6)
