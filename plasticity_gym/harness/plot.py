@@ -95,6 +95,10 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     for ax, (_, ylab) in zip(flat[len(curves):], plast):
         ax.set_xlabel("task")
         ax.set_ylabel(ylab)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in flat[:panels]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks and bins are whole numbers
     for ax in flat[panels:]:
         ax.set_visible(False)
     flat[0].legend(fontsize=8)
