@@ -153,7 +153,7 @@ class SupervisedLearner:
 
     def act(self, observation: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         info = info or {}
-        if info.get("next_task_boundary", False):
+        if self.uses_task_boundaries and info.get("next_task_boundary", False):
             self._on_task_boundary()
         self._maybe_grow(info)
         x = self._tensor(observation)
