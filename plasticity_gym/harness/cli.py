@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100_000, metavar="N",
                    help="examples between checkpoints; 0 disables checkpoints (default 100000)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
+    p.add_argument("--lockstep", choices=["auto", "on", "off"], default="auto",
+                   help="run the seeds of a reference MLP agent as one batched computation on the "
+                        "env's native vector env (auto: whenever supported and seeds > 1)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check result files against the schema")
@@ -154,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, probe_every=args.probe_every, probe_size=args.probe_size,
         bin_examples=args.bin_examples, checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
-        progress=args.progress, command=args.command_line, out=out,
+        progress=args.progress, command=args.command_line, out=out, lockstep=args.lockstep,
     )
     m = result.summary[result.primary]
     print(f"wrote {out}: {result.agent_name} on {result.env_id} ({result.scale}), "

@@ -42,6 +42,11 @@ class AgentSpec:
     source: str  # "reference" or "custom"
     ident: str  # reference name, or "module:qualname"
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Reference MLP agents can run many seeds as one computation (issue 5):
+    # lockstep_reason(obs_space, act_space) -> None when they can, else why not;
+    # build_lockstep(obs_space, act_space, seeds, device) -> a vectorised agent.
+    lockstep_reason: Callable[..., str | None] | None = None
+    build_lockstep: Callable[..., Any] | None = None
 
 
 def load_factory(spec: str) -> AgentFactory:
@@ -99,7 +104,22 @@ def resolve_agent(
             overrides=overrides or None, seed=seed, device=device,
         )
 
-    return AgentSpec(build, "reference", agent, overrides)
+    def config(observation_space, action_space):
+        return reference.resolve_config(agent, observation_space, action_space, env_id=env_id,
+                                        scale=scale, overrides=overrides or None)
+
+    def lockstep_reason(observation_space, action_space):
+        from agents.lockstep import lockstep_support
+
+        return lockstep_support(config(observation_space, action_space))
+
+    def build_lockstep(observation_space, action_space, seeds, device):
+        from agents.lockstep import LockstepLearner
+
+        return LockstepLearner(agent, config(observation_space, action_space), observation_space,
+                               action_space, seeds=seeds, device=device)
+
+    return AgentSpec(build, "reference", agent, overrides, lockstep_reason, build_lockstep)
 
 
 def _custom_builder(factory: AgentFactory, overrides: Mapping[str, Any]):
@@ -310,6 +330,7 @@ class _Run:
             "agent": self.spec.ident, "overrides": dict(self.spec.overrides), "seeds": self.seeds,
             "probe_every": self.probe_every, "probe_size": self.probe_size,
             "bin_examples": self.bin_examples_arg, "device": self.device,
+            "execution": self.execution,
         })
 
     def save_checkpoint(self, cur: _SeedState | None, agent: Any) -> None:
@@ -343,6 +364,7 @@ class _Run:
         self.env_rec, self.agent_rec = payload["env_rec"], payload["agent_rec"]
         self.metric, self.bin_examples = payload["metric"], payload["bin_examples"]
         self._pending_rng = payload["rng"]
+        self.lockstep_payload = payload if payload.get("lockstep") is not None else None
         return payload["current"]
 
 
@@ -364,6 +386,7 @@ def evaluate(
     progress: bool | None = None,
     command: str | None = None,
     out: str | os.PathLike | None = None,
+    lockstep: str = "auto",
 ) -> Result:
     """Run ``agent_factory`` on ``env_id`` at ``scale`` for each seed; return the result entry.
 
@@ -390,14 +413,21 @@ def evaluate(
         progress: show a progress line; default: only on a terminal and not under CI.
         command: the command recorded in the result (default: a description of this call).
         out: if given, the result is validated and written there atomically.
+        lockstep: ``"auto"`` runs several seeds of a reference MLP agent as one batched
+            computation on the env's native vector env when both support it (same result as
+            the sequential path to float tolerance, many times faster); ``"on"`` requires it
+            (error saying why not otherwise); ``"off"`` runs seeds one after another.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     if probe_every < 0 or probe_size < 1:
         raise ValueError("probe_every must be >= 0 and probe_size >= 1")
+    if lockstep not in ("auto", "on", "off"):
+        raise ValueError(f"lockstep must be 'auto', 'on' or 'off', got {lockstep!r}")
     dev = resolve_device(device)
     spec = resolve_agent(agent_factory, env_id=env_id, scale=scale, overrides=overrides)
+    execution = _choose_execution(lockstep, spec, env_id, scale, env_kwargs, seeds)
     if command is None:
         command = (
             f"plasticity_gym.harness.evaluate({env_id!r}, {spec.ident!r}, scale={scale!r}, "
@@ -407,7 +437,8 @@ def evaluate(
         env_id=env_id, scale=scale, env_kwargs=dict(env_kwargs or {}), spec=spec, seeds=seeds,
         probe_every=probe_every, probe_size=probe_size, bin_examples_arg=bin_examples, device=dev,
         checkpoint=None if checkpoint is None else Path(checkpoint),
-        checkpoint_every=max(1, int(checkpoint_every)),
+        checkpoint_every=max(1, int(checkpoint_every)), execution=execution,
+        lockstep_payload=None,
     )
     t_start = time.perf_counter()
 
@@ -419,6 +450,11 @@ def evaluate(
 
     show = progress_wanted() if progress is None else progress
 
+    if execution == "lockstep":
+        from plasticity_gym.harness.lockstep_run import run_lockstep
+
+        run.done = run_lockstep(run, spec.build_lockstep, resume_payload=run.lockstep_payload,
+                                show_progress=show)
     for i, seed in enumerate(seeds):
         if i < len(run.done):
             continue  # finished before the interruption
@@ -467,13 +503,36 @@ def evaluate(
     result = build_result(
         env_rec=run.env_rec, agent_rec=run.agent_rec, metric=run.metric, bin_examples=run.bin_examples,
         probe_every=probe_every, probe_size=probe_size, device=dev, seeds=seeds, runs=run.done,
-        command=command, fallback_wall_s=time.perf_counter() - t_start,
+        command=command, fallback_wall_s=time.perf_counter() - t_start, execution=execution,
     )
     if out is not None:
         result.save(out)
     if run.checkpoint is not None and run.checkpoint.exists():
         run.checkpoint.unlink()  # the result now holds everything the checkpoint did
     return result
+
+
+def _choose_execution(lockstep: str, spec: AgentSpec, env_id: str, scale: str,
+                      env_kwargs: Mapping[str, Any] | None, seeds: Sequence[int]) -> str:
+    """``"lockstep"`` or ``"sequential"``, per the ``lockstep`` argument and what is supported."""
+    if lockstep == "off" or (lockstep == "auto" and len(seeds) < 2):
+        return "sequential"
+    from plasticity_gym.harness.lockstep_run import has_vector_env
+
+    reason = None
+    if spec.lockstep_reason is None:
+        reason = f"agent {spec.ident!r} is not a reference agent with a lockstep implementation"
+    elif not has_vector_env(env_id):
+        reason = f"{env_id} has no native vector env"
+    else:
+        env = make_env(env_id, scale, env_kwargs)
+        reason = spec.lockstep_reason(env.unwrapped.observation_space, env.unwrapped.action_space)
+        env.close()
+    if reason is None:
+        return "lockstep"
+    if lockstep == "on":
+        raise ValueError(f"lockstep execution is not available: {reason}; use lockstep='off'")
+    return "sequential"
 
 
 def build_result(
@@ -489,6 +548,7 @@ def build_result(
     runs: list[dict[str, Any]],
     command: str,
     fallback_wall_s: float = 0.0,
+    execution: str = "sequential",
 ) -> Result:
     """Assemble and validate a result entry from finished per-seed runs."""
     data = {
@@ -501,6 +561,7 @@ def build_result(
             "probe_size": probe_size,
             "bin_examples": bin_examples,
             "device": device,
+            "execution": execution,
         },
         "seeds": list(seeds),
         "runs": runs,

@@ -29,7 +29,8 @@ def _cli(*args, **kw) -> subprocess.Popen:
 
 
 def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index: int, timeout=120.0):
-    """Poll until the checkpoint shows the run inside seed ``seed_index``, past its start."""
+    """Poll until the checkpoint shows the run inside seed ``seed_index``, past its start
+    (a lockstep run has every seed inside: it only needs to be past the start)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         assert proc.poll() is None, proc.communicate()
@@ -38,32 +39,42 @@ def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index
         except (FileNotFoundError, EOFError, pickle.UnpicklingError):
             time.sleep(0.05)
             continue
-        cur = payload["current"]
-        if len(payload["done"]) == seed_index and cur is not None and cur[0].examples >= 1000:
-            return payload
+        if payload.get("lockstep") is not None:
+            if payload["lockstep"][0].examples >= 1000:
+                return payload
+        else:
+            cur = payload["current"]
+            if len(payload["done"]) == seed_index and cur is not None and cur[0].examples >= 1000:
+                return payload
         time.sleep(0.05)
     raise AssertionError("no mid-seed checkpoint appeared")
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("lockstep", ["off", "on"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, lockstep):
     out = tmp_path / "resumed.json"
     ckpt = Path(f"{out}.ckpt")
-    proc = _cli(*ARGS, "--out", out)
-    # Kill inside the second seed: the first seed's finished run must be carried over too.
-    _wait_for_mid_seed_checkpoint(ckpt, proc, seed_index=1)
+    args = [*ARGS, "--lockstep", lockstep]
+    proc = _cli(*args, "--out", out)
+    # Kill part-way (sequential: inside the second seed, so the first seed's finished run
+    # must be carried over too; lockstep: every seed is part-way).
+    payload = _wait_for_mid_seed_checkpoint(ckpt, proc, seed_index=1)
+    assert (payload.get("lockstep") is not None) == (lockstep == "on")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and ckpt.exists()
 
-    resumed = _cli(*ARGS, "--out", out, "--resume")
+    resumed = _cli(*args, "--out", out, "--resume")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr.decode()
     assert not ckpt.exists()
 
     reference = evaluate(ENV, "cbp", scale="smoke", seeds=(3, 4), env_kwargs=ENV_KW,
-                         overrides={"cbp": {"replacement_rate": 0.01}}, progress=False)
+                         overrides={"cbp": {"replacement_rate": 0.01}}, progress=False,
+                         lockstep=lockstep)
     got = Result.load(out)
+    assert got.data["protocol"]["execution"] == ("lockstep" if lockstep == "on" else "sequential")
     assert got.comparable() == reference.comparable()
     # The comparison is not vacuous: CBP replaced units, and the probes saw it.
     assert got.data["runs"][1]["plasticity"]["metrics"]["dead_pct"]
