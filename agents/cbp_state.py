@@ -40,6 +40,11 @@ class UnitStatistics:
         self.age = torch.zeros(n_replicas, n_units, device=device, dtype=torch.int64)
         self.to_replace = np.zeros(n_replicas, dtype=np.float64)
         self.replacements = np.zeros(n_replicas, dtype=np.int64)
+        # Cache of eligible_counts() (a device sync + reduction per step otherwise): the counts
+        # cannot change before an immature unit reaches maturity, i.e. for ``_eligible_ttl``
+        # more updates; reset_units / load_state_dict drop it. (``age`` is written only here.)
+        self._eligible: np.ndarray | None = None
+        self._eligible_ttl = 0
 
     # -- reads ---------------------------------------------------------------------------------
     def _decay_power(self) -> torch.Tensor:
@@ -56,7 +61,14 @@ class UnitStatistics:
 
     def eligible_counts(self) -> np.ndarray:
         """Number of mature units (age > maturity) in each replica."""
-        return (self.age > self.config.maturity).sum(1).cpu().numpy()
+        if self._eligible is None:
+            maturity = self.config.maturity
+            immature = self.age <= maturity
+            counts = self.n_units - immature.sum(1)
+            oldest = int(torch.where(immature, self.age, -1).max()) if immature.any() else -1
+            self._eligible = counts.cpu().numpy()
+            self._eligible_ttl = maturity - oldest if oldest >= 0 else 1 << 62
+        return self._eligible.copy()
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -71,8 +83,15 @@ class UnitStatistics:
         cfg = self.config
         eta = cfg.decay
         self.age.add_(1)
+        if self._eligible is not None:
+            self._eligible_ttl -= 1
+            if self._eligible_ttl < 0:
+                self._eligible = None
         if cfg.utility == "contribution":
-            inst = h.abs().mean(1).mul_(out_magnitude)
+            if h.shape[1] == 1:  # the mean over one example is the example
+                inst = torch.mul(h.select(1, 0).abs(), out_magnitude)
+            else:
+                inst = h.abs().mean(1).mul_(out_magnitude)
         else:
             if in_magnitude is None:
                 raise ValueError("the adaptable contribution needs in_magnitude")
@@ -95,6 +114,8 @@ class UnitStatistics:
         """
         n_eligible = self.eligible_counts()
         self.to_replace += n_eligible * self.config.replacement_rate
+        if self.to_replace.max() < 1.0:  # the common case: nothing due
+            return {}
         ready = np.flatnonzero((self.to_replace >= 1.0) & (n_eligible > 0))
         if ready.size == 0:
             return {}
@@ -115,6 +136,7 @@ class UnitStatistics:
         self.mean_act[replica, idx] = 0
         self.age[replica, idx] = 0
         self.replacements[replica] += int(idx.numel())
+        self._eligible = None
 
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -133,5 +155,6 @@ class UnitStatistics:
                 raise ValueError(f"CBP state {name!r} has shape {tuple(value.shape)}, expected "
                                  f"{(self.n_replicas, self.n_units)}")
             getattr(self, name).copy_(value)
+        self._eligible = None
         self.to_replace[:] = np.asarray(state["to_replace"], dtype=np.float64)
         self.replacements[:] = np.asarray(state["replacements"], dtype=np.int64)

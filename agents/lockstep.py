@@ -70,22 +70,21 @@ def _activation(name: str, pre: torch.Tensor, slope: float) -> torch.Tensor:
     return torch.nn.functional.silu(pre)
 
 
-def _derivative_(name: str, g: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
-                 slope: float) -> None:
-    """g ← g · d post / d pre, in place."""
+def _through_activation(name: str, g: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
+                        slope: float) -> torch.Tensor:
+    """g · d post / d pre (may reuse g's memory)."""
     if name == "relu":
-        g.mul_(post > 0)
-    elif name == "leaky_relu":
-        g.mul_(torch.where(pre > 0, 1.0, slope).to(g.dtype))
-    elif name == "tanh":
-        g.mul_(1.0 - post * post)
-    elif name == "sigmoid":
-        g.mul_(post * (1.0 - post))
-    elif name == "elu":
-        g.mul_(torch.where(pre > 0, torch.ones_like(post), post + 1.0))
-    else:
-        s = torch.sigmoid(pre)
-        g.mul_(s * (1.0 + pre * (1.0 - s)))
+        return torch.ops.aten.threshold_backward(g, post, 0.0)  # one fused op, the hot case
+    if name == "leaky_relu":
+        return g.mul_(torch.where(pre > 0, 1.0, slope).to(g.dtype))
+    if name == "tanh":
+        return g.mul_(1.0 - post * post)
+    if name == "sigmoid":
+        return g.mul_(post * (1.0 - post))
+    if name == "elu":
+        return g.mul_(torch.where(pre > 0, torch.ones_like(post), post + 1.0))
+    s = torch.sigmoid(pre)
+    return g.mul_(s * (1.0 + pre * (1.0 - s)))
 
 
 class LockstepLearner:
@@ -122,6 +121,12 @@ class LockstepLearner:
             ws = [self._linears(net)[i] for net in nets]
             self.weights.append(torch.stack([m.weight.detach() for m in ws]).to(self.device).contiguous())
             self.biases.append(torch.stack([m.bias.detach() for m in ws]).to(self.device).contiguous())
+        # Cached views (the tensors are only ever changed in place, so the views stay valid).
+        self._wt = [w.transpose(1, 2) for w in self.weights]  # (N, in, out) for the forward GEMM
+        self._bias_rows = [b.unsqueeze(1) for b in self.biases]  # (N, 1, out) views for baddbmm
+        oc = config.optimizer
+        self._plain_sgd = oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0
+        self._neg_ones: dict[int, torch.Tensor] = {}
         # The single learner's parameter order (network.parameters()): w0, b0, w1, b1, ..., head.
         self.params: list[torch.Tensor] = [t for pair in zip(self.weights, self.biases) for t in pair]
         self.generators = [torch.Generator(device=self.device).manual_seed(s + 1) for s in self.seeds]
@@ -246,52 +251,45 @@ class LockstepLearner:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list, list]]:
         inputs, pres, posts = [], [], []
         h = x
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+        last = len(self._wt) - 1
+        for i, (wt, b) in enumerate(zip(self._wt, self._bias_rows)):
             inputs.append(h)
-            pre = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            post = _activation(self.activation, pre, self.slope)
+            pre = torch.baddbmm(b, h, wt)
+            if i == last:
+                return pre, (inputs, pres, posts)
+            h = _activation(self.activation, pre, self.slope)
             pres.append(pre)
-            posts.append(post)
-            h = post
-        inputs.append(h)
-        out = torch.baddbmm(self.biases[-1].unsqueeze(1), h, self.weights[-1].transpose(1, 2))
-        return out, (inputs, pres, posts)
+            posts.append(h)
+        raise AssertionError("unreachable")
 
-    def _output_gradient(self, out: torch.Tensor, target: Any) -> torch.Tensor:
-        """d loss / d output per seed: cross-entropy or torch's mse_loss, mean over the batch."""
+    def _output_gradient(self, out: torch.Tensor, target: Any) -> tuple[torch.Tensor, float]:
+        """``(g, c)`` with ``c·g`` = d loss / d output per seed (cross-entropy or torch's mse_loss,
+        mean over the batch); the constant ``c`` is folded into the update's step size."""
         batch = out.shape[1]
         if self.classification:
-            y = torch.as_tensor(np.asarray(target), device=self.device)
+            y = torch.as_tensor(target if type(target) is np.ndarray else np.asarray(target),
+                                device=self.device)
             g = torch.softmax(out, 2)
-            g.scatter_add_(2, y.long().view(self.n, batch, 1),
-                           torch.full((self.n, batch, 1), -1.0, device=out.device))
-            return g.div_(batch) if batch > 1 else g
+            ones = self._neg_ones.get(batch)
+            if ones is None:
+                ones = self._neg_ones[batch] = torch.full((self.n, batch, 1), -1.0, device=out.device)
+            if y.dtype != torch.int64:
+                y = y.long()
+            g.scatter_add_(2, y.view(self.n, batch, 1), ones)
+            return g, 1.0 / batch
         y = _as_float_tensor(target, self.device)
-        return torch.sub(out, y.view(self.n, batch, 1)).mul_(2.0 / batch)
+        return torch.sub(out, y.view(self.n, batch, 1)), 2.0 / batch
 
     @torch.no_grad()
     def _learn(self, out: torch.Tensor, cache: tuple[list, list, list], target: Any) -> None:
         inputs, pres, posts = cache
-        g = self._output_gradient(out, target)
-        oc = self.config.optimizer
-        plain_sgd = oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0
-        grads: list[torch.Tensor] = [g] * len(self.params)  # filled in w0, b0, w1, b1, ... order
-        for i in range(len(self.weights) - 1, -1, -1):
-            w = self.weights[i]
-            # The gradient flows back through the weights as they were before this update.
-            g_prev = torch.bmm(g, w) if i > 0 else None
-            if plain_sgd:
-                # w -= lr·gᵀx fused, with no gradient tensor: the paper's runs are plain SGD.
-                self._outer_update_(w, g, inputs[i], -oc.lr)
-                self.biases[i].sub_(g[:, 0] if g.shape[1] == 1 else g.sum(1), alpha=oc.lr)
-            else:
-                grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
-                grads[2 * i + 1] = g.sum(1)
-            if g_prev is not None:
-                _derivative_(self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
-                g = g_prev
-        if not plain_sgd:
-            self._optimizer_step(grads)
+        g, scale = self._output_gradient(out, target)
+        if self._plain_sgd:
+            self._sgd_backward(g, -self.config.optimizer.lr * scale, inputs, pres, posts)
+        else:
+            if scale != 1.0:
+                g = g.mul_(scale)
+            self._optimizer_step(self._gradients(g, inputs, pres, posts))
         self.updates += 1
         sp = self.config.shrink_perturb
         if sp is not None:
@@ -301,13 +299,34 @@ class LockstepLearner:
         if self.redo_sums is not None:
             self._redo_step(posts)
 
-    @staticmethod
-    def _outer_update_(w: torch.Tensor, g: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
-        """w += alpha · gᵀ x (summed over the batch)."""
-        if g.shape[1] == 1:
-            w.addcmul_(g.transpose(1, 2), x, value=alpha)  # a rank-1 update per seed
-        else:
-            w.baddbmm_(g.transpose(1, 2), x, alpha=alpha)
+    def _gradients(self, g: torch.Tensor, inputs: list, pres: list, posts: list) -> list[torch.Tensor]:
+        """Every parameter's gradient, in w0, b0, w1, b1, ... order (weights (N, out, in))."""
+        grads: list[torch.Tensor] = [g] * len(self.params)
+        for i in range(len(self._wt) - 1, -1, -1):
+            grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
+            grads[2 * i + 1] = g.sum(1)
+            if i > 0:
+                g = _through_activation(self.activation, torch.bmm(g, self.weights[i]),
+                                        pres[i - 1], posts[i - 1], self.slope)
+        return grads
+
+    def _sgd_backward(self, g: torch.Tensor, alpha: float, inputs: list, pres: list,
+                      posts: list) -> None:
+        """Plain SGD (the paper's runs): backpropagate and apply w += alpha·gᵀx layer by layer,
+        fused, with no gradient tensors. The gradient flows back through the weights as they
+        were before this update."""
+        batch = g.shape[1]
+        for i in range(len(self.weights) - 1, -1, -1):
+            w, x = self.weights[i], inputs[i]
+            g_prev = None
+            g_prev = torch.bmm(g, w) if i > 0 else None
+            if batch == 1:
+                w.addcmul_(g.transpose(1, 2), x, value=alpha)  # a rank-1 update per seed
+            else:
+                w.baddbmm_(g.transpose(1, 2), x, alpha=alpha)
+            self.biases[i].add_(g[:, 0] if batch == 1 else g.sum(1), alpha=alpha)
+            if g_prev is not None:
+                g = _through_activation(self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
 
     def _init_optimizer_state(self) -> None:
         oc = self.config.optimizer
@@ -382,8 +401,8 @@ class LockstepLearner:
     def _cbp_step(self, posts: list[torch.Tensor]) -> None:
         for layer, stats in enumerate(self.cbp):
             w, consumer = self.weights[layer], self.weights[layer + 1]
-            in_mag = w.abs().sum(2) if stats.config.utility != "contribution" else None
-            stats.update(posts[layer], consumer.abs().sum(1), in_mag)
+            in_mag = _abs_sum(w, 2) if stats.config.utility != "contribution" else None
+            stats.update(posts[layer], _abs_sum(consumer, 1), in_mag)
             for replica, idx in stats.due().items():
                 self._reinit_units(layer, replica, idx)
                 stats.reset_units(replica, idx)
@@ -406,6 +425,25 @@ class LockstepLearner:
             sums.zero_()
         self.redo_count = 0
 
+
+# Above this many elements, |w| is summed a cache-sized block at a time: w.abs() of a 3×2000 net's
+# 2000×2000 layer would write and re-read a 16 MB temporary per seed at every step.
+_ABS_SUM_BLOCK = 1 << 18
+
+
+def _abs_sum(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Σ |w| over ``dim`` (1 or 2) of a (N, out, in) tensor."""
+    if w.numel() <= 2 * _ABS_SUM_BLOCK:
+        return w.abs().sum(dim)
+    other = 3 - dim  # sum over ``dim`` a block of the other axis at a time (1 ↔ 2)
+    step = max(1, _ABS_SUM_BLOCK // (w.shape[0] * w.shape[dim]))
+    if dim == 2:
+        return torch.cat([w[:, r:r + step].abs().sum(2) for r in range(0, w.shape[1], step)], 1)
+    total = None
+    for r in range(0, w.shape[1], step):
+        part = w[:, r:r + step].abs().sum(1)
+        total = part if total is None else total.add_(part)
+    return total  # type: ignore[return-value]
 
 def _as_float_tensor(array: Any, device: torch.device) -> torch.Tensor:
     """A float32 tensor on ``device``; zero-copy for a float32 numpy array on the CPU."""
