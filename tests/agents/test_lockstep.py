@@ -138,3 +138,12 @@ def test_probe_model_is_the_seeds_network():
     x = torch.rand(5, 21)
     for k, ag in enumerate(singles):
         torch.testing.assert_close(lock.probe_model(k)(x), ag.network(x), rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_abs_sums_equal_plain_ones():
+    from agents.lockstep import _ABS_SUM_BLOCK, _abs_sum
+
+    w = torch.randn(2, 700, 3 * _ABS_SUM_BLOCK // 1400 + 5, generator=torch.Generator().manual_seed(0))
+    assert w.numel() > 2 * _ABS_SUM_BLOCK  # the blocked path
+    for dim in (1, 2):
+        torch.testing.assert_close(_abs_sum(w, dim), w.abs().sum(dim), rtol=1e-5, atol=1e-4)

@@ -1,0 +1,170 @@
+"""Learner throughput with the env in the loop: a plain PyTorch loop vs plasticity-gym's learners.
+
+A benchmark, not a test: it measures, in one run, on the same machine and torch threads,
+
+* ``baseline``: a plain per-example PyTorch training loop the way the paper's code trains
+  (``nn.Sequential``, autograd, ``torch.optim.SGD``, one seed at a time, backprop only);
+* ``single``: this project's :class:`agents.SupervisedLearner` (one seed);
+* ``lockstep``: :class:`agents.lockstep.LockstepLearner` running N seeds as one computation on
+  the native vector env,
+
+and prints seed-examples per second and the ratio to the baseline. Usage::
+
+    python bench/throughput.py                 # every case (about two minutes)
+    python bench/throughput.py --quick         # shorter timings
+    python bench/throughput.py --threads 2
+
+Targets (issue 5, 2-core machine): SlowRegression 5 units × 100 seeds ≥ 1,000,000 seed-ex/s
+with backprop and ≥ 500,000 with CBP; PermutedMNIST 3×100 × 8 seeds ≥ 30,000 with CBP (≥ 10×
+the baseline); PermutedMNIST 3×2000 ≥ 2× the baseline per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+import plasticity_gym  # noqa: F401  (registers the envs)
+from agents import make_agent, resolve_config
+from agents.lockstep import LockstepLearner
+
+
+def _timed(step, seconds: float, warmup: int = 50) -> tuple[int, float]:
+    for _ in range(warmup):
+        step()
+    n, start = 0, time.perf_counter()
+    while True:
+        for _ in range(50):
+            step()
+        n += 50
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n, elapsed
+
+
+def baseline_loop(env_id: str, hidden: list[int], lr: float, seconds: float) -> float:
+    """Seed-examples/s of the plain loop: forward, loss, backward, SGD step, per example."""
+    env = gym.make(env_id, scale="cpu")
+    obs, info = env.reset(seed=0)
+    n_in = int(np.prod(env.observation_space.shape[1:]))
+    classification = isinstance(env.action_space, gym.spaces.MultiDiscrete)
+    n_out = int(env.action_space.nvec[0]) if classification else 1
+    layers: list[nn.Module] = []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    net = nn.Sequential(*layers, nn.Linear(width, n_out))
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
+    state = {"obs": obs}
+
+    def step() -> None:
+        x = torch.tensor(state["obs"])
+        out = net(x)
+        action = out.argmax(1).numpy() if classification else out[:, 0].detach().numpy()
+        state["obs"], _, _, truncated, info = env.step(action)
+        y = torch.tensor(info["target"])
+        loss = loss_fn(out, y) if classification else loss_fn(out[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if truncated:
+            state["obs"], _ = env.reset(seed=1)
+
+    n, elapsed = _timed(step, seconds)
+    return n / elapsed
+
+
+def single_learner(env_id: str, agent: str, overrides: dict, seconds: float) -> float:
+    env = gym.make(env_id, scale="cpu")
+    learner = make_agent(agent, env.observation_space, env.action_space, env_id=env_id,
+                         scale="cpu", overrides=overrides, device="cpu")
+    state = dict(zip(("obs", "info"), env.reset(seed=0)))
+
+    def step() -> None:
+        obs = state["obs"]
+        action = learner.act(obs, state["info"])
+        state["obs"], reward, _, truncated, state["info"] = env.step(action)
+        learner.observe(obs, action, reward, state["info"])
+        if truncated:
+            state["obs"], state["info"] = env.reset(seed=1)
+
+    n, elapsed = _timed(step, seconds)
+    return n / elapsed
+
+
+def lockstep_learner(env_id: str, agent: str, overrides: dict, n_seeds: int, seconds: float) -> float:
+    venv = gym.make_vec(env_id, num_envs=n_seeds, vectorization_mode="vector_entry_point", scale="cpu")
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    config = resolve_config(agent, osp, asp, env_id=env_id, scale="cpu", overrides=overrides)
+    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device="cpu")
+    state = dict(zip(("obs", "info"), venv.reset(seed=0)))
+
+    def step() -> None:
+        obs = state["obs"]
+        actions = learner.act(obs, state["info"])
+        state["obs"], rewards, _, _, state["info"] = venv.step(actions)
+        learner.observe(obs, actions, rewards, state["info"])
+
+    n, elapsed = _timed(step, seconds, warmup=20)
+    return n * n_seeds / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every case (default 1)")
+    parser.add_argument("--quick", action="store_true", help="shorter timings")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sec = 1.5 if args.quick else 4.0
+
+    rows: list[tuple[str, str, str, float, float | None, str]] = []
+
+    def add(problem: str, what: str, learner: str, rate: float, base: float | None, target: str) -> None:
+        rows.append((problem, what, learner, rate, base, target))
+        ratio = f"{rate / base:6.1f}x" if base else "      "
+        print(f"{problem:<28} {what:<22} {learner:<9} {rate:>13,.0f} {ratio}  {target}", flush=True)
+
+    print(f"torch {torch.__version__}, {args.threads} thread(s); seed-examples per second, env in the loop")
+    print(f"{'problem':<28} {'learner':<22} {'agent':<9} {'seed-ex/s':>13} {'vs base':>7}  target")
+
+    sr = "SlowRegression 5 units"
+    base = baseline_loop("SlowRegression-v0", [5], 0.01, sec)
+    add(sr, "baseline loop (1 seed)", "backprop", base, base, "")
+    add(sr, "single learner", "backprop", single_learner("SlowRegression-v0", "backprop", {}, sec), base, "")
+    add(sr, "lockstep 100 seeds", "backprop",
+        lockstep_learner("SlowRegression-v0", "backprop", {}, 100, sec), base, ">= 1,000,000")
+    add(sr, "lockstep 100 seeds", "cbp",
+        lockstep_learner("SlowRegression-v0", "cbp", {}, 100, sec), base, ">= 500,000")
+
+    pm = "PermutedMNIST 3x100"
+    base = baseline_loop("PermutedMNIST-v0", [100, 100, 100], 0.01, sec)
+    add(pm, "baseline loop (1 seed)", "backprop", base, base, "")
+    add(pm, "single learner", "cbp", single_learner("PermutedMNIST-v0", "cbp", {}, sec), base, "")
+    add(pm, "lockstep 8 seeds", "backprop",
+        lockstep_learner("PermutedMNIST-v0", "backprop", {}, 8, sec), base, "")
+    add(pm, "lockstep 8 seeds", "cbp",
+        lockstep_learner("PermutedMNIST-v0", "cbp", {}, 8, sec), base, ">= 30,000 and >= 10x")
+    add(pm, "lockstep 32 seeds", "cbp",
+        lockstep_learner("PermutedMNIST-v0", "cbp", {}, 32, sec), base, ">= 30,000 and >= 10x")
+
+    big = {"network": {"hidden": [2000, 2000, 2000]}}
+    pb = "PermutedMNIST 3x2000"
+    base = baseline_loop("PermutedMNIST-v0", [2000, 2000, 2000], 0.003, sec)
+    add(pb, "baseline loop (1 seed)", "backprop", base, base, "")
+    add(pb, "single learner", "backprop", single_learner("PermutedMNIST-v0", "backprop", big, sec), base, "")
+    add(pb, "single learner", "cbp", single_learner("PermutedMNIST-v0", "cbp", big, sec), base, ">= 2x")
+    add(pb, "lockstep 2 seeds", "backprop",
+        lockstep_learner("PermutedMNIST-v0", "backprop", big, 2, sec), base, ">= 2x")
+    add(pb, "lockstep 2 seeds", "cbp",
+        lockstep_learner("PermutedMNIST-v0", "cbp", big, 2, sec), base, ">= 2x")
+
+
+if __name__ == "__main__":
+    main()
