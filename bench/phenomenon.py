@@ -62,6 +62,29 @@ def run_one(job: tuple[str, int, int, int, str]) -> tuple[str, int, list[float],
     return name, seed, (sums / np.maximum(counts, 1)).tolist(), time.perf_counter() - t0
 
 
+def summarize(curves: dict[str, np.ndarray], bin_size: int) -> dict[str, dict[str, float]]:
+    """Print and return early / best / late errors per agent (mean ± sd over seeds).
+
+    early: the first 200k examples; late: the last 1M (the noise of single 40k bins is large
+    with a few seeds, so the late window is wide); last: the last 200k.
+    """
+    n_bins = next(iter(curves.values())).shape[1]
+    k200 = max(1, min(n_bins, 200_000 // bin_size))
+    k1m = max(1, min(n_bins, 1_000_000 // bin_size))
+    print("# summary (mean ± sd over seeds)")
+    out = {}
+    for a, c in curves.items():
+        early, late, last = c[:, :k200].mean(1), c[:, -k1m:].mean(1), c[:, -k200:].mean(1)
+        best = c.min(1)
+        out[a] = {"early": float(early.mean()), "best_bin": float(best.mean()),
+                  "late": float(late.mean()), "late_sd": float(late.std()),
+                  "last": float(last.mean())}
+        print(f"#   {a:>10}: first {k200} bins {early.mean():.3f} ± {early.std():.3f}; "
+              f"best bin {best.mean():.3f} ± {best.std():.3f}; last {k1m} bins "
+              f"{late.mean():.3f} ± {late.std():.3f}; last {k200} bins {last.mean():.3f} ± {last.std():.3f}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=int, default=3_000_000)
@@ -71,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", default="cpu", help="agent defaults scale (cpu: SPEC §5 calibration)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--out", help="write the binned errors as JSON here")
+    p.add_argument("--report", metavar="JSON", help="only print the summary of a saved --out file")
     args = p.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        print(f"# {saved['env_id']}: {saved['examples']:,} examples, {saved['seeds']} seeds")
+        summarize({a: np.array(c) for a, c in saved["curves"].items()}, saved["bin"])
+        return 0
 
     jobs = [(a, s, args.examples, args.bin, args.scale) for a in args.agents for s in range(args.seeds)]
     t0 = time.perf_counter()
@@ -97,18 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = "  ".join(f"{curves[a][:, b].mean():>11.3f} ± {curves[a][:, b].std():<6.3f}"
                           for a in args.agents)
         print(f"{b:>3}  {end:>8}  {cells}")
-    last = max(1, min(5, n_bins // 5))  # the last 200k examples at the default bin size
-    print("# summary (mean over seeds; spread = sd over seeds)")
-    summary = {}
-    for a in args.agents:
-        c = curves[a]
-        best = c.min(1)
-        tail = c[:, -last:].mean(1)
-        summary[a] = {"best_bin": float(best.mean()), "last_bins": float(tail.mean()),
-                      "last_bins_sd": float(tail.std())}
-        print(f"#   {a:>10}: best bin {best.mean():.3f} ± {best.std():.3f}; "
-              f"last {last} bins {tail.mean():.3f} ± {tail.std():.3f}; "
-              f"last/best {np.mean(tail / best):.2f}")
+    summary = summarize(curves, args.bin)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
