@@ -128,7 +128,7 @@ class LockstepLearner:
         self._plain_sgd = oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0
         self._neg_ones: dict[int, torch.Tensor] = {}
         # The single learner's parameter order (network.parameters()): w0, b0, w1, b1, ..., head.
-        self.params: list[torch.Tensor] = [t for pair in zip(self.weights, self.biases) for t in pair]
+        self._params: list[torch.Tensor] = [t for pair in zip(self.weights, self.biases) for t in pair]
         self.generators = [torch.Generator(device=self.device).manual_seed(s + 1) for s in self.seeds]
         self._init_optimizer_state()
         n_hidden = len(self.weights) - 1
@@ -139,6 +139,7 @@ class LockstepLearner:
                           if config.redo else None)
         self.redo_count = 0
         self.redo_replacements = np.zeros(self.n, dtype=np.int64)
+        self._deferred = self._deferred_updates()
         self._pending: tuple | None = None
         self._probe_net: MLP | None = None
         self.updates = 0
@@ -184,15 +185,27 @@ class LockstepLearner:
             self._probe_net = build_network(self.config, self.spec, torch.Generator().manual_seed(0)).to(self.device)
             self._probe_net.eval()
         with torch.no_grad():
-            for lin, w, b in zip(self._linears(self._probe_net), self.weights, self.biases):
+            for lin, w, b in zip(self._linears(self._probe_net), self.current_weights(), self.biases):
                 lin.weight.copy_(w[index])
                 lin.bias.copy_(b[index])
         return self._probe_net
+
+    def current_weights(self) -> list[torch.Tensor]:
+        """Every layer's weights ``(N, out, in)`` as the networks have them now: the stored ones
+        plus the deferred updates (copies for deferred layers; the stored tensors otherwise)."""
+        return [self._deferred[i].applied_to(w) if i in self._deferred else w
+                for i, w in enumerate(self.weights)]
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The parameters in the single learner's order (w0, b0, w1, ...), deferred updates applied."""
+        return [t for pair in zip(self.current_weights(), self.biases) for t in pair]
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (deep copy) of everything that changes while learning."""
         return copy.deepcopy({
             "weights": [w.cpu() for w in self.weights],
+            "deferred": {i: d.state_dict() for i, d in self._deferred.items()},
             "biases": [b.cpu() for b in self.biases],
             "optimizer": {k: [t.cpu() for t in v] if isinstance(v, list) else v
                           for k, v in self.opt_state.items()},
@@ -211,6 +224,11 @@ class LockstepLearner:
         with torch.no_grad():
             for dst, src in zip(self.weights + self.biases, state["weights"] + state["biases"]):
                 dst.copy_(src)
+            saved = state.get("deferred", {})
+            for i, d in self._deferred.items():
+                d.load_state_dict(saved[i]) if i in saved else d.clear()
+            for i in saved.keys() - self._deferred.keys():  # saved by a build that deferred more
+                self.weights[i].baddbmm_(*_DeferredUpdate.factors(saved[i], self.device))
             for k, v in state["optimizer"].items():
                 if isinstance(v, list):
                     for dst, src in zip(self.opt_state[k], v):
@@ -254,7 +272,14 @@ class LockstepLearner:
         last = len(self._wt) - 1
         for i, (wt, b) in enumerate(zip(self._wt, self._bias_rows)):
             inputs.append(h)
-            pre = torch.baddbmm(b, h, wt)
+            if h.shape[1] == 1 and wt.shape[1] * wt.shape[2] >= _GEMV_MIN_ELEMENTS:
+                # One example through a large layer: W·x reads W's rows in memory order, which
+                # BLAS does about twice as fast as the equivalent x·Wᵀ on the transposed view.
+                pre = torch.baddbmm(b.transpose(1, 2), self.weights[i], h.transpose(1, 2)).transpose(1, 2)
+            else:
+                pre = torch.baddbmm(b, h, wt)
+            if i in self._deferred:
+                self._deferred[i].add_forward(pre, h)
             if i == last:
                 return pre, (inputs, pres, posts)
             h = _activation(self.activation, pre, self.slope)
@@ -301,7 +326,7 @@ class LockstepLearner:
 
     def _gradients(self, g: torch.Tensor, inputs: list, pres: list, posts: list) -> list[torch.Tensor]:
         """Every parameter's gradient, in w0, b0, w1, b1, ... order (weights (N, out, in))."""
-        grads: list[torch.Tensor] = [g] * len(self.params)
+        grads: list[torch.Tensor] = [g] * len(self._params)
         for i in range(len(self._wt) - 1, -1, -1):
             grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
             grads[2 * i + 1] = g.sum(1)
@@ -318,9 +343,13 @@ class LockstepLearner:
         batch = g.shape[1]
         for i in range(len(self.weights) - 1, -1, -1):
             w, x = self.weights[i], inputs[i]
-            g_prev = None
+            deferred = self._deferred.get(i)
             g_prev = torch.bmm(g, w) if i > 0 else None
-            if batch == 1:
+            if deferred is not None:
+                if g_prev is not None:
+                    deferred.add_backward(g_prev, g)
+                deferred.push(w, g, x, alpha)
+            elif batch == 1:
                 w.addcmul_(g.transpose(1, 2), x, value=alpha)  # a rank-1 update per seed
             else:
                 w.baddbmm_(g.transpose(1, 2), x, alpha=alpha)
@@ -328,15 +357,34 @@ class LockstepLearner:
             if g_prev is not None:
                 g = _through_activation(self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
 
+    def _deferred_updates(self) -> dict[int, _DeferredUpdate]:
+        """The layers whose plain-SGD updates are deferred: large enough to be memory-bound, and
+        read by nothing but the forward and backward passes between updates (CBP reads its
+        consumer layers' |w| every step, and its producers' with the adaptable utility)."""
+        if not self._plain_sgd or self.config.shrink_perturb is not None:
+            return {}
+        read_each_step: set[int] = set()
+        cbp = self.config.cbp
+        if cbp is not None:
+            read_each_step.update(range(1, len(self.weights)))
+            if cbp.utility != "contribution":
+                read_each_step.update(range(len(self.weights) - 1))
+        return {i: _DeferredUpdate(w, _DEFERRED_RANK) for i, w in enumerate(self.weights)
+                if i not in read_each_step and w.shape[1] * w.shape[2] >= _DEFERRED_MIN_ELEMENTS}
+
+    def _flush(self, layer: int) -> None:
+        if layer in self._deferred:
+            self._deferred[layer].flush(self.weights[layer])
+
     def _init_optimizer_state(self) -> None:
         oc = self.config.optimizer
         self.opt_state: dict[str, Any] = {"step": 0}
         if oc.name == "sgd" and oc.momentum > 0:
-            self.opt_state["momentum"] = [torch.zeros_like(p) for p in self.params]
+            self.opt_state["momentum"] = [torch.zeros_like(p) for p in self._params]
             self.opt_state["momentum_started"] = False
         if oc.name == "adam":
-            self.opt_state["exp_avg"] = [torch.zeros_like(p) for p in self.params]
-            self.opt_state["exp_avg_sq"] = [torch.zeros_like(p) for p in self.params]
+            self.opt_state["exp_avg"] = [torch.zeros_like(p) for p in self._params]
+            self.opt_state["exp_avg_sq"] = [torch.zeros_like(p) for p in self._params]
 
     def _optimizer_step(self, grads: list[torch.Tensor]) -> None:
         """torch.optim.SGD / Adam's arithmetic, on every seed at once."""
@@ -344,7 +392,7 @@ class LockstepLearner:
         st = self.opt_state
         st["step"] += 1
         if oc.weight_decay != 0.0:
-            grads = [g.add(p, alpha=oc.weight_decay) for g, p in zip(grads, self.params)]
+            grads = [g.add(p, alpha=oc.weight_decay) for g, p in zip(grads, self._params)]
         if oc.name == "sgd":
             if oc.momentum > 0:
                 bufs = st["momentum"]
@@ -356,7 +404,7 @@ class LockstepLearner:
                     for b, g in zip(bufs, grads):
                         b.mul_(oc.momentum).add_(g)
                 grads = bufs
-            for p, g in zip(self.params, grads):
+            for p, g in zip(self._params, grads):
                 p.add_(g, alpha=-oc.lr)
             return
         beta1, beta2 = oc.betas
@@ -364,7 +412,7 @@ class LockstepLearner:
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
         step_size = oc.lr / bias_correction1
-        for p, g, m, v in zip(self.params, grads, st["exp_avg"], st["exp_avg_sq"]):
+        for p, g, m, v in zip(self._params, grads, st["exp_avg"], st["exp_avg_sq"]):
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             denom = (v.sqrt() / bias_correction2_sqrt).add_(oc.eps)
@@ -373,11 +421,11 @@ class LockstepLearner:
     def _shrink_perturb(self, weight_decay: float, noise_std: float) -> None:
         shrink = 1.0 - self.config.optimizer.lr * weight_decay
         if shrink != 1.0:
-            torch._foreach_mul_(self.params, shrink)
+            torch._foreach_mul_(self._params, shrink)
         if noise_std > 0.0:
             # Each seed draws from its own generator in the single learner's order.
             for r, gen in enumerate(self.generators):
-                for p in self.params:
+                for p in self._params:
                     p[r].add_(torch.randn(p.shape[1:], generator=gen, device=p.device,
                                           dtype=p.dtype), alpha=noise_std)
 
@@ -388,6 +436,8 @@ class LockstepLearner:
 
     def _reinit_units(self, layer: int, replica: int, idx: torch.Tensor) -> None:
         """CBP/ReDo surgery on seed ``replica``: the same as :func:`agents.units.reinit_units`."""
+        self._flush(layer)
+        self._flush(layer + 1)
         w, b, consumer = self.weights[layer], self.biases[layer], self.weights[layer + 1]
         gen = self.generators[replica]
         w[replica, idx] = self.init_specs[layer].sample((idx.numel(), w.shape[2]), device=w.device,
@@ -424,6 +474,80 @@ class LockstepLearner:
                 self.redo_replacements[replica] += int(idx.numel())
             sums.zero_()
         self.redo_count = 0
+
+
+# Plain SGD at batch 1 changes a layer by a rank-1 matrix per step; for a large layer, writing
+# that into the weights every step costs a read and a write of the whole matrix. Instead the
+# last few updates are kept as factors and folded into the weights every _DEFERRED_RANK steps.
+_DEFERRED_RANK = 32
+_GEMV_MIN_ELEMENTS = 1 << 18
+_DEFERRED_MIN_ELEMENTS = 1 << 18
+
+
+class _DeferredUpdate:
+    """Pending updates of one layer: ``W_now = W + Σ_k a_k b_kᵀ`` with ``a_k = α·g_k`` (``(N, out)``)
+    and ``b_k = x_k`` (``(N, in)``), at most ``rank`` of them; pushing the next one when full
+    first folds them into ``W`` with one batched GEMM. Forward and backward passes add the
+    pending part's product, so the network computes exactly with ``W_now`` (to float rounding)."""
+
+    def __init__(self, w: torch.Tensor, rank: int) -> None:
+        n, out, inp = w.shape
+        self.a = torch.zeros(n, rank, out, device=w.device, dtype=w.dtype)
+        self.b = torch.zeros(n, rank, inp, device=w.device, dtype=w.dtype)
+        self.count = 0
+
+    def add_forward(self, pre: torch.Tensor, x: torch.Tensor) -> None:
+        """``pre += x · (Σ a_k b_kᵀ)ᵀ`` for inputs ``x`` (N, batch, in)."""
+        k = self.count
+        if k:
+            pre.baddbmm_(torch.bmm(x, self.b[:, :k].transpose(1, 2)), self.a[:, :k])
+
+    def add_backward(self, g_in: torch.Tensor, g: torch.Tensor) -> None:
+        """``g_in += g · Σ a_k b_kᵀ`` for output gradients ``g`` (N, batch, out)."""
+        k = self.count
+        if k:
+            g_in.baddbmm_(torch.bmm(g, self.a[:, :k].transpose(1, 2)), self.b[:, :k])
+
+    def push(self, w: torch.Tensor, g: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
+        """Defer ``w += α·gᵀx`` (g (N, batch, out), x (N, batch, in))."""
+        batch = g.shape[1]
+        if self.count + batch > self.a.shape[1]:
+            self.flush(w)
+            if batch > self.a.shape[1]:
+                w.baddbmm_(g.transpose(1, 2), x, alpha=alpha)
+                return
+        k = self.count
+        torch.mul(g, alpha, out=self.a[:, k:k + batch])
+        self.b[:, k:k + batch].copy_(x)
+        self.count = k + batch
+
+    def flush(self, w: torch.Tensor) -> None:
+        k = self.count
+        if k:
+            w.baddbmm_(self.a[:, :k].transpose(1, 2), self.b[:, :k])
+            self.count = 0
+
+    def clear(self) -> None:
+        self.count = 0
+
+    def applied_to(self, w: torch.Tensor) -> torch.Tensor:
+        k = self.count
+        return torch.baddbmm(w, self.a[:, :k].transpose(1, 2), self.b[:, :k]) if k else w.clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"a": self.a[:, :self.count].cpu(), "b": self.b[:, :self.count].cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        k = int(state["a"].shape[1])
+        if k > self.a.shape[1]:
+            raise ValueError(f"saved deferred updates of rank {k} exceed this learner's {self.a.shape[1]}")
+        self.a[:, :k].copy_(state["a"])
+        self.b[:, :k].copy_(state["b"])
+        self.count = k
+
+    @staticmethod
+    def factors(state: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return state["a"].to(device).transpose(1, 2), state["b"].to(device)
 
 
 # Above this many elements, |w| is summed a cache-sized block at a time: w.abs() of a 3×2000 net's

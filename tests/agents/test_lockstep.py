@@ -85,6 +85,45 @@ def test_lockstep_equals_single_learners_on_permuted_mnist_with_cbp():
     assert all(s.replacements.min() > 0 for s in lock.cbp)
 
 
+@pytest.mark.parametrize("name,overrides", [
+    ("backprop", {"network": {"hidden": [400, 8]}}),
+    ("cbp", {"network": {"hidden": [400, 8]}, "cbp": {"replacement_rate": 0.002, "maturity": 10}}),
+])
+def test_deferred_updates_of_large_layers_equal_single_learners(name, overrides):
+    """A layer of >= 2^18 weights defers its plain-SGD updates as low-rank factors and runs its
+    batch-1 forward as W·x; the networks must still equal the single learners, flushes and CBP
+    replacements (which fold the pending updates first) included."""
+    venv, lock, envs, singles = _pair("PermutedMNIST-v0", name, overrides)
+    assert list(lock._deferred) == [0]
+    _run(venv, lock, envs, singles, 150)  # several flushes of the rank-32 buffer
+    assert lock._deferred[0].count > 0  # pending updates are part of what is compared
+    _assert_same_weights(lock, singles)
+    if lock.cbp:
+        assert lock.cbp[0].replacements.min() > 0
+
+
+def test_deferred_updates_survive_a_state_round_trip_bit_for_bit():
+    overrides = {"network": {"hidden": [400, 8]}}
+    venv, lock, _, _ = _pair("PermutedMNIST-v0", "backprop", overrides)
+    obs, info = venv.reset(seed=list(SEEDS))
+    for _ in range(45):
+        a = lock.act(obs, info)
+        obs2, r, _, _, info2 = venv.step(a)
+        lock.observe(obs, a, r, info2)
+        obs, info = obs2, info2
+    assert 0 < lock._deferred[0].count < 32
+    clone = pickle.loads(pickle.dumps(lock))
+    venv2 = pickle.loads(pickle.dumps(venv))
+    for learner, env, o, i in ((lock, venv, obs, info), (clone, venv2, obs.copy(), info)):
+        for _ in range(40):
+            a = learner.act(o, i)
+            o2, r, _, _, i2 = env.step(a)
+            learner.observe(o, a, r, i2)
+            o, i = o2, i2
+    for p, q in zip(lock.params, clone.params):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_lockstep_state_round_trip_and_pickle_continue_identically():
     overrides = {"cbp": {"replacement_rate": 0.01, "maturity": 20}}
     venv, lock, _, _ = _pair("SlowRegression-v0", "cbp", overrides)
