@@ -34,7 +34,7 @@ import torch
 from agents.cbp_state import UnitStatistics
 from agents.config import LearnerConfig
 from agents.learners import build_network, resolve_device, task_spec
-from agents.networks import MLP
+from agents.networks import MLP, activation_derivative_np, activation_np
 from agents.units import get_init
 
 __all__ = ["LockstepLearner", "LockstepUnsupported", "lockstep_support"]
@@ -140,6 +140,17 @@ class LockstepLearner:
         self.redo_count = 0
         self.redo_replacements = np.zeros(self.n, dtype=np.int64)
         self._deferred = self._deferred_updates()
+        # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
+        # overhead, several times smaller in numpy than in torch: their forward, backward and SGD
+        # step run in numpy on views that share the stacked tensors' memory.
+        n_weights = sum(w.numel() for w in self.weights)
+        self._numpy = (self.device.type == "cpu" and self._plain_sgd and not self._deferred
+                       and n_weights <= _NUMPY_MAX_ELEMENTS)
+        if self._numpy:
+            self._np_weights = [w.numpy() for w in self.weights]
+            self._np_wt = [w.transpose(0, 2, 1) for w in self._np_weights]
+            self._np_biases = [b.numpy() for b in self.biases]
+            self._np_bias_rows = [b[:, None, :] for b in self._np_biases]
         self._pending: tuple | None = None
         self._probe_net: MLP | None = None
         self.updates = 0
@@ -155,11 +166,11 @@ class LockstepLearner:
 
     def act(self, observations: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
         """Predict every seed's batch: ``(N, batch, *x)`` → ``(N, batch)``."""
-        x = self._tensor(observations)
-        with torch.no_grad():
-            out, cache = self._forward(x)
+        out, cache = self._forward_any(observations)
         train = _first(infos, "next_phase", "train") == "train"
         self._pending = (observations, out, cache) if train else None
+        if self._numpy:
+            return out.argmax(2) if self.classification else out[..., 0].copy()
         if self.classification:
             return out.argmax(2).cpu().numpy()
         return out[..., 0].cpu().numpy()
@@ -172,8 +183,7 @@ class LockstepLearner:
         if "target" not in infos:
             raise KeyError("observe: info has no 'target' in a train phase")
         if pending is None or pending[0] is not observations:
-            with torch.no_grad():
-                out, cache = self._forward(self._tensor(observations))
+            out, cache = self._forward_any(observations)
         else:
             _, out, cache = pending
         self._learn(out, cache, infos["target"])
@@ -266,6 +276,58 @@ class LockstepLearner:
             raise ValueError(f"expected observations of shape ({self.n}, batch, ...), got {tuple(x.shape)}")
         return x.reshape(self.n, x.shape[1], -1)
 
+    def _forward_any(self, observations: np.ndarray) -> tuple[Any, tuple[list, list, list]]:
+        if self._numpy:
+            return self._forward_numpy(self._array(observations))
+        with torch.no_grad():
+            return self._forward(self._tensor(observations))
+
+    def _array(self, observations: np.ndarray) -> np.ndarray:
+        x = np.asarray(observations, dtype=np.float32)
+        if x.ndim < 3 or x.shape[0] != self.n:
+            raise ValueError(f"expected observations of shape ({self.n}, batch, ...), got {x.shape}")
+        return x.reshape(self.n, x.shape[1], -1)
+
+    def _forward_numpy(self, x: np.ndarray) -> tuple[np.ndarray, tuple[list, list, list]]:
+        inputs, pres, posts = [], [], []
+        h = x
+        last = len(self._np_wt) - 1
+        for i, (wt, b) in enumerate(zip(self._np_wt, self._np_bias_rows)):
+            inputs.append(h)
+            pre = np.matmul(h, wt)
+            pre += b
+            if i == last:
+                return pre, (inputs, pres, posts)
+            h = activation_np(self.activation, pre, self.slope)
+            pres.append(pre)
+            posts.append(h)
+        raise AssertionError("unreachable")
+
+    def _learn_numpy(self, out: np.ndarray, cache: tuple[list, list, list], target: Any) -> None:
+        """Plain SGD in numpy: the arithmetic of :meth:`_output_gradient` and :meth:`_sgd_backward`."""
+        inputs, pres, posts = cache
+        batch = out.shape[1]
+        if self.classification:
+            y = np.asarray(target).reshape(self.n, batch)
+            g = np.exp(out - out.max(2, keepdims=True))
+            g /= g.sum(2, keepdims=True)
+            g[np.arange(self.n)[:, None], np.arange(batch)[None, :], y] -= 1.0
+            scale = 1.0 / batch
+        else:
+            g = out - np.asarray(target, dtype=np.float32).reshape(self.n, batch, 1)
+            scale = 2.0 / batch
+        alpha = np.float32(-self.config.optimizer.lr * scale)
+        for i in range(len(self._np_weights) - 1, -1, -1):
+            w, x = self._np_weights[i], inputs[i]
+            g_prev = np.matmul(g, w) if i > 0 else None
+            if batch == 1:
+                w += (g * alpha).transpose(0, 2, 1) * x  # a rank-1 update per seed
+            else:
+                w += np.matmul(g.transpose(0, 2, 1), x) * alpha
+            self._np_biases[i] += (g[:, 0] if batch == 1 else g.sum(1)) * alpha
+            if g_prev is not None:
+                g = g_prev * activation_derivative_np(self.activation, pres[i - 1], posts[i - 1], self.slope)
+
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list, list]]:
         inputs, pres, posts = [], [], []
         h = x
@@ -308,6 +370,11 @@ class LockstepLearner:
     @torch.no_grad()
     def _learn(self, out: torch.Tensor, cache: tuple[list, list, list], target: Any) -> None:
         inputs, pres, posts = cache
+        if self._numpy:
+            self._learn_numpy(out, cache, target)
+            posts = [torch.from_numpy(h) for h in posts]  # for CBP / ReDo, zero-copy
+            self._after_update(posts)
+            return
         g, scale = self._output_gradient(out, target)
         if self._plain_sgd:
             self._sgd_backward(g, -self.config.optimizer.lr * scale, inputs, pres, posts)
@@ -315,6 +382,10 @@ class LockstepLearner:
             if scale != 1.0:
                 g = g.mul_(scale)
             self._optimizer_step(self._gradients(g, inputs, pres, posts))
+        self._after_update(posts)
+
+    def _after_update(self, posts: list[torch.Tensor]) -> None:
+        """Everything after the gradient step: Shrink and Perturb, CBP, ReDo."""
         self.updates += 1
         sp = self.config.shrink_perturb
         if sp is not None:
@@ -480,6 +551,8 @@ class LockstepLearner:
 # that into the weights every step costs a read and a write of the whole matrix. Instead the
 # last few updates are kept as factors and folded into the weights every _DEFERRED_RANK steps.
 _DEFERRED_RANK = 32
+# Networks (all seeds together) up to this many weights take the numpy path on the CPU.
+_NUMPY_MAX_ELEMENTS = 1 << 16
 _GEMV_MIN_ELEMENTS = 1 << 18
 _DEFERRED_MIN_ELEMENTS = 1 << 18
 

@@ -238,18 +238,7 @@ class MLP(PlasticNetwork):
             inputs.append(x)
             pre = x @ w.T
             pre += b
-            if act == "relu":
-                post = np.maximum(pre, 0)
-            elif act == "leaky_relu":
-                post = np.where(pre > 0, pre, pre * np.float32(self.leaky_slope))
-            elif act == "tanh":
-                post = np.tanh(pre)
-            elif act == "sigmoid":
-                post = 1 / (1 + np.exp(-pre))
-            elif act == "elu":
-                post = np.where(pre > 0, pre, np.expm1(np.minimum(pre, 0)))
-            else:
-                post = pre / (1 + np.exp(-pre))
+            post = activation_np(act, pre, self.leaky_slope)
             pres.append(pre)
             posts.append(post)
             x = post
@@ -271,12 +260,27 @@ class MLP(PlasticNetwork):
             grads[2 * i + 1] = g.sum(0)
             if i > 0:
                 g = g @ w
-                g *= _activation_derivative_np(self.activation_name, pres[i - 1], posts[i - 1],
+                g *= activation_derivative_np(self.activation_name, pres[i - 1], posts[i - 1],
                                                self.leaky_slope)
         return grads
 
 
-def _activation_derivative_np(name: str, pre: np.ndarray, post: np.ndarray,
+def activation_np(name: str, pre: np.ndarray, leaky_slope: float) -> np.ndarray:
+    """The hidden activation ``name`` in numpy (float32 in, float32 out)."""
+    if name == "relu":
+        return np.maximum(pre, 0)
+    if name == "leaky_relu":
+        return np.where(pre > 0, pre, pre * np.float32(leaky_slope))
+    if name == "tanh":
+        return np.tanh(pre)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-pre))
+    if name == "elu":
+        return np.where(pre > 0, pre, np.expm1(np.minimum(pre, 0)))
+    return pre / (1 + np.exp(-pre))
+
+
+def activation_derivative_np(name: str, pre: np.ndarray, post: np.ndarray,
                               leaky_slope: float) -> np.ndarray:
     if name == "relu":
         return pre > 0

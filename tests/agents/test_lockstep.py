@@ -66,6 +66,8 @@ CASES = [
 @pytest.mark.parametrize("name,overrides", CASES)
 def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
     venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
+    assert lock._numpy == (lock.config.optimizer.name == "sgd" and lock.config.optimizer.momentum == 0
+                           and lock.config.optimizer.weight_decay == 0)
     _run(venv, lock, envs, singles, 1500)
     _assert_same_weights(lock, singles)
     if lock.cbp:
@@ -75,6 +77,19 @@ def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
     if lock.redo_sums is not None:
         assert lock.redo_replacements.tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
         assert lock.redo_replacements.sum() > 0
+
+
+@pytest.mark.parametrize("name,overrides", [CASES[0], CASES[3], CASES[4], CASES[7]])
+def test_torch_path_of_small_networks_equals_single_learners(name, overrides, monkeypatch):
+    """Tiny plain-SGD networks take the numpy path on the CPU; the torch one (GPU, larger nets)
+    must give the same trajectories."""
+    import agents.lockstep as lockstep
+
+    monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)
+    venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
+    assert not lock._numpy
+    _run(venv, lock, envs, singles, 800)
+    _assert_same_weights(lock, singles)
 
 
 def test_lockstep_equals_single_learners_on_permuted_mnist_with_cbp():
