@@ -354,8 +354,9 @@ class LockstepLearner:
         mean over the batch); the constant ``c`` is folded into the update's step size."""
         batch = out.shape[1]
         if self.classification:
-            y = torch.as_tensor(target if type(target) is np.ndarray else np.asarray(target),
-                                device=self.device)
+            y = (target.to(self.device) if isinstance(target, torch.Tensor) else
+                 torch.as_tensor(target if type(target) is np.ndarray else np.asarray(target),
+                                 device=self.device))
             g = torch.softmax(out, 2)
             ones = self._neg_ones.get(batch)
             if ones is None:
@@ -643,7 +644,10 @@ def _abs_sum(w: torch.Tensor, dim: int) -> torch.Tensor:
     return total  # type: ignore[return-value]
 
 def _as_float_tensor(array: Any, device: torch.device) -> torch.Tensor:
-    """A float32 tensor on ``device``; zero-copy for a float32 numpy array on the CPU."""
+    """A float32 tensor on ``device``; zero-copy for a float32 numpy array on the CPU and for a
+    float32 tensor already on ``device`` (a stream block kept in accelerator memory)."""
+    if isinstance(array, torch.Tensor):
+        return array.to(device=device, dtype=torch.float32)
     if type(array) is np.ndarray and array.dtype == np.float32 and device.type == "cpu":
         return torch.from_numpy(array)
     return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=device)

@@ -102,6 +102,17 @@ class SupervisedStreamVectorEnv(VectorEnv):
         j = i + self.batch_size
         return self._chunk_x[:, i:j], self._chunk_y[:, i:j]  # type: ignore[index]
 
+    def stream_chunk(self) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """``(chunk start, position, inputs, targets)``: the block of every stream that the last
+        returned observation comes from — ``inputs`` ``(N, L, *x_shape)`` and ``targets``
+        ``(N, L)`` cover positions ``start .. start + L - 1``, and that observation is
+        ``inputs[:, position - start : position - start + batch_size]``. Observations and targets
+        are views of these arrays, so a learner on an accelerator can copy a block once instead
+        of a batch every step. Blocks never span a task boundary."""
+        if self._pos is None or self._chunk_x is None or not self._chunk_start <= self._pos < self._chunk_stop:
+            raise StreamEndedError(f"{type(self).__name__}: no current chunk; call reset() or step() first")
+        return self._chunk_start, self._pos, self._chunk_x, self._chunk_y  # type: ignore[return-value]
+
     def _task_info(self, task_id: int, offset: int, prefix: str = "") -> dict[str, Any]:
         """The per-task info arrays (fresh copies of cached ones: allocation-light per step)."""
         key = (task_id, offset == 0, prefix)

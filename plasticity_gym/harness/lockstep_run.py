@@ -130,9 +130,42 @@ def run_lockstep(run: _Run, build: Callable[..., Any], *, resume_payload: dict |
     ]
 
 
+class _DeviceStream:
+    """The vector env's current stream block kept in the learner's accelerator memory: one
+    host→device copy per block (thousands of examples) instead of one per step. The learner
+    gets device views in place of the env's numpy observations and targets."""
+
+    def __init__(self, venv: Any, device: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self._venv = venv
+        self._device = device
+        self._batch = int(venv.batch_size)
+        self._host: np.ndarray | None = None
+        self._x = self._y = None
+
+    def current(self) -> tuple[Any, Any]:
+        """Device views ``(observation, its targets)`` of the env's last returned batch."""
+        start, pos, x, y = self._venv.stream_chunk()
+        if x is not self._host:
+            self._x = self._torch.from_numpy(x).to(self._device)
+            self._y = self._torch.from_numpy(y).to(self._device)
+            self._host = x
+        i = pos - start
+        return self._x[:, i:i + self._batch], self._y[:, i:i + self._batch]
+
+
+def _use_device_stream(learner: Any, venv: Any) -> bool:
+    """Mirror the stream on the learner's device when that is an accelerator."""
+    device = getattr(learner, "device", None)
+    return device is not None and getattr(device, "type", str(device)) != "cpu" and hasattr(venv, "stream_chunk")
+
+
 def _loop(run: _Run, st: _LockstepState, learner: Any, bar: Progress) -> None:
     """The hot loop: one act/step/observe for all seeds; probes only at task starts."""
     venv_step = st.venv.step
+    device_stream = _DeviceStream(st.venv, learner.device) if _use_device_stream(learner, st.venv) else None
     act, observe = learner.act, learner.observe
     record = st.recorder.record_many
     n = len(run.seeds)
@@ -149,9 +182,15 @@ def _loop(run: _Run, st: _LockstepState, learner: Any, bar: Progress) -> None:
                 for plasticity, values in zip(st.plasticity, _probe_all(st, learner, run.probe_size)):
                     plasticity.add(task, values)
                 st.last_probed_task = task
-        actions = act(obs, info)
-        next_obs, rewards, _, truncated, next_info = venv_step(actions)
-        observe(obs, actions, rewards, next_info)
+        if device_stream is None:
+            actions = act(obs, info)
+            next_obs, rewards, _, truncated, next_info = venv_step(actions)
+            observe(obs, actions, rewards, next_info)
+        else:
+            x, y = device_stream.current()
+            actions = act(x, info)
+            next_obs, rewards, _, truncated, next_info = venv_step(actions)
+            observe(x, actions, rewards, dict(next_info, target=y))
         examples += record(np.asarray(rewards, dtype=np.float64), next_info["phase"][0],
                            int(next_info["task_id"][0]), batch)
         obs, info = next_obs, next_info

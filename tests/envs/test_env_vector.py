@@ -108,3 +108,18 @@ def test_bad_vector_actions(env_id):
     else:
         with pytest.raises(ValueError, match="NaN"):
             vec.step(np.full((2, 1), np.nan))
+
+
+@pytest.mark.parametrize("env_id", ["PermutedMNIST-v0", "SlowRegression-v0"])
+def test_stream_chunk_holds_the_returned_batches(env_id):
+    venv = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point", scale="smoke")
+    with pytest.raises(Exception, match="reset"):
+        venv.unwrapped.stream_chunk()
+    obs, _ = venv.reset(seed=2)
+    b = venv.unwrapped.batch_size
+    for _ in range(50):
+        start, pos, x, y = venv.unwrapped.stream_chunk()
+        np.testing.assert_array_equal(x[:, pos - start:pos - start + b], obs)
+        action = venv.action_space.sample()
+        obs, _, _, _, info = venv.step(action)
+        np.testing.assert_array_equal(y[:, pos - start:pos - start + b], info["target"])

@@ -54,3 +54,33 @@ def test_single_seed_and_unsupported_agents_run_sequentially():
     assert evaluate("SlowRegression-v0", "cbp", seeds=(0,), **kw).data["protocol"]["execution"] == "sequential"
     res = evaluate("SlowRegression-v0", "dropout", seeds=(0, 1), **kw)
     assert res.data["protocol"]["execution"] == "sequential"
+
+
+@pytest.mark.parametrize("env_id,env_kwargs", [
+    ("SlowRegression-v0", {"n_examples": 6000, "flip_interval": 1000}),
+    ("PermutedMNIST-v0", {"n_tasks": 2, "examples_per_task": 700}),
+])
+def test_stream_kept_in_learner_memory_gives_the_same_result(env_id, env_kwargs, monkeypatch):
+    """On an accelerator the lockstep loop hands the learner device views of a stream block
+    copied once per block; forced on here (CPU tensors), it must change nothing."""
+    import torch
+
+    import agents.lockstep as lockstep
+    from plasticity_gym.harness import lockstep_run
+
+    monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)  # the torch path, as on a GPU
+    kw = dict(scale="smoke", seeds=(1, 4), env_kwargs=env_kwargs, progress=False, probe_size=100,
+              overrides={"network": {"hidden": [16]}})
+    plain = evaluate(env_id, "backprop", lockstep="on", **kw)
+    seen = []
+    real_act = lockstep.LockstepLearner.act
+
+    def spy(self, observations, infos):
+        seen.append(type(observations))
+        return real_act(self, observations, infos)
+
+    monkeypatch.setattr(lockstep_run, "_use_device_stream", lambda learner, venv: True)
+    monkeypatch.setattr(lockstep.LockstepLearner, "act", spy)
+    mirrored = evaluate(env_id, "backprop", lockstep="on", **kw)
+    assert seen and all(t is torch.Tensor for t in seen)
+    _close(mirrored, plain, 1e-6)
