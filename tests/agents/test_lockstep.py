@@ -45,6 +45,16 @@ def _run(venv, lock, envs, singles, steps, seeds=SEEDS):
         outs = [(r[0], r[4]) for r in res]
 
 
+def _steps(learner, venv, obs, info, n):
+    """``n`` act/step/observe rounds of a lockstep learner; returns the last (obs, info)."""
+    for _ in range(n):
+        a = learner.act(obs, info)
+        obs2, r, _, _, info2 = venv.step(a)
+        learner.observe(obs, a, r, info2)
+        obs, info = obs2, info2
+    return obs, info
+
+
 def _assert_same_weights(lock, singles, tol=1e-4):
     for k, ag in enumerate(singles):
         for j, p in enumerate(ag.params):
@@ -120,21 +130,13 @@ def test_deferred_updates_of_large_layers_equal_single_learners(name, overrides)
 def test_deferred_updates_survive_a_state_round_trip_bit_for_bit():
     overrides = {"network": {"hidden": [400, 8]}}
     venv, lock, _, _ = _pair("PermutedMNIST-v0", "backprop", overrides)
-    obs, info = venv.reset(seed=list(SEEDS))
-    for _ in range(45):
-        a = lock.act(obs, info)
-        obs2, r, _, _, info2 = venv.step(a)
-        lock.observe(obs, a, r, info2)
-        obs, info = obs2, info2
+    obs, info = _steps(lock, venv, *venv.reset(seed=list(SEEDS)), 45)
     assert 0 < lock._deferred[0].count < 32
     clone = pickle.loads(pickle.dumps(lock))
     venv2 = pickle.loads(pickle.dumps(venv))
-    for learner, env, o, i in ((lock, venv, obs, info), (clone, venv2, obs.copy(), info)):
-        for _ in range(40):
-            a = learner.act(o, i)
-            o2, r, _, _, i2 = env.step(a)
-            learner.observe(o, a, r, i2)
-            o, i = o2, i2
+    obs_copy = obs.copy()
+    _steps(lock, venv, obs, info, 40)
+    _steps(clone, venv2, obs_copy, info, 40)
     for p, q in zip(lock.params, clone.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
@@ -142,21 +144,12 @@ def test_deferred_updates_survive_a_state_round_trip_bit_for_bit():
 def test_lockstep_state_round_trip_and_pickle_continue_identically():
     overrides = {"cbp": {"replacement_rate": 0.01, "maturity": 20}}
     venv, lock, _, _ = _pair("SlowRegression-v0", "cbp", overrides)
-    obs, info = venv.reset(seed=list(SEEDS))
-    for _ in range(300):
-        a = lock.act(obs, info)
-        obs2, r, _, _, info2 = venv.step(a)
-        lock.observe(obs, a, r, info2)
-        obs, info = obs2, info2
+    obs, info = _steps(lock, venv, *venv.reset(seed=list(SEEDS)), 300)
     clone = pickle.loads(pickle.dumps(lock))
     venv2 = pickle.loads(pickle.dumps(venv))
-    obs_b, info_b = obs.copy(), info
-    for learner, env, o, i in ((lock, venv, obs, info), (clone, venv2, obs_b, info_b)):
-        for _ in range(300):
-            a = learner.act(o, i)
-            o2, r, _, _, i2 = env.step(a)
-            learner.observe(o, a, r, i2)
-            o, i = o2, i2
+    obs_copy = obs.copy()
+    _steps(lock, venv, obs, info, 300)
+    _steps(clone, venv2, obs_copy, info, 300)
     for p, q in zip(lock.params, clone.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
