@@ -451,6 +451,7 @@ class LockstepLearner:
     def _init_optimizer_state(self) -> None:
         oc = self.config.optimizer
         self.opt_state: dict[str, Any] = {"step": 0}
+        self._adam_denoms: list[torch.Tensor] | None = None
         if oc.name == "sgd" and oc.momentum > 0:
             self.opt_state["momentum"] = [torch.zeros_like(p) for p in self._params]
             self.opt_state["momentum_started"] = False
@@ -484,10 +485,12 @@ class LockstepLearner:
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
         step_size = oc.lr / bias_correction1
-        for p, g, m, v in zip(self._params, grads, st["exp_avg"], st["exp_avg_sq"]):
+        if self._adam_denoms is None:  # scratch buffers: fresh large temporaries every step cost page faults
+            self._adam_denoms = [torch.empty_like(p) for p in self._params]
+        for p, g, m, v, denom in zip(self._params, grads, st["exp_avg"], st["exp_avg_sq"], self._adam_denoms):
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(oc.eps)
+            torch.sqrt(v, out=denom).div_(bias_correction2_sqrt).add_(oc.eps)  # torch.optim.Adam's order
             p.addcdiv_(m, denom, value=-step_size)
 
     def _shrink_perturb(self, weight_decay: float, noise_std: float) -> None:
