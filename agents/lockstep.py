@@ -288,20 +288,29 @@ class LockstepLearner:
             raise ValueError(f"expected observations of shape ({self.n}, batch, ...), got {x.shape}")
         return x.reshape(self.n, x.shape[1], -1)
 
-    def _forward_numpy(self, x: np.ndarray) -> tuple[np.ndarray, tuple[list, list, list]]:
+    def _run_layers(self, x: Any, layer: Any, activate: Any) -> tuple[Any, tuple[list, list, list]]:
+        """The forward pass, keeping what the backward pass needs: ``layer(i, h)`` is layer i's
+        pre-activation, ``activate(pre)`` the hidden activation (numpy or torch alike)."""
         inputs, pres, posts = [], [], []
         h = x
-        last = len(self._np_wt) - 1
-        for i, (wt, b) in enumerate(zip(self._np_wt, self._np_bias_rows)):
+        last = len(self.weights) - 1
+        for i in range(last + 1):
             inputs.append(h)
-            pre = np.matmul(h, wt)
-            pre += b
+            pre = layer(i, h)
             if i == last:
                 return pre, (inputs, pres, posts)
-            h = activation_np(self.activation, pre, self.slope)
+            h = activate(pre)
             pres.append(pre)
             posts.append(h)
         raise AssertionError("unreachable")
+
+    def _forward_numpy(self, x: np.ndarray) -> tuple[np.ndarray, tuple[list, list, list]]:
+        def layer(i: int, h: np.ndarray) -> np.ndarray:
+            pre = np.matmul(h, self._np_wt[i])
+            pre += self._np_bias_rows[i]
+            return pre
+
+        return self._run_layers(x, layer, lambda pre: activation_np(self.activation, pre, self.slope))
 
     def _learn_numpy(self, out: np.ndarray, cache: tuple[list, list, list], target: Any) -> None:
         """Plain SGD in numpy: the arithmetic of :meth:`_output_gradient` and :meth:`_sgd_backward`."""
@@ -329,11 +338,8 @@ class LockstepLearner:
                 g = g_prev * activation_derivative_np(self.activation, pres[i - 1], posts[i - 1], self.slope)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list, list]]:
-        inputs, pres, posts = [], [], []
-        h = x
-        last = len(self._wt) - 1
-        for i, (wt, b) in enumerate(zip(self._wt, self._bias_rows)):
-            inputs.append(h)
+        def layer(i: int, h: torch.Tensor) -> torch.Tensor:
+            wt, b = self._wt[i], self._bias_rows[i]
             if h.shape[1] == 1 and wt.shape[1] * wt.shape[2] >= _GEMV_MIN_ELEMENTS:
                 # One example through a large layer: W·x reads W's rows in memory order, which
                 # BLAS does about twice as fast as the equivalent x·Wᵀ on the transposed view.
@@ -342,12 +348,9 @@ class LockstepLearner:
                 pre = torch.baddbmm(b, h, wt)
             if i in self._deferred:
                 self._deferred[i].add_forward(pre, h)
-            if i == last:
-                return pre, (inputs, pres, posts)
-            h = _activation(self.activation, pre, self.slope)
-            pres.append(pre)
-            posts.append(h)
-        raise AssertionError("unreachable")
+            return pre
+
+        return self._run_layers(x, layer, lambda pre: _activation(self.activation, pre, self.slope))
 
     def _output_gradient(self, out: torch.Tensor, target: Any) -> tuple[torch.Tensor, float]:
         """``(g, c)`` with ``c·g`` = d loss / d output per seed (cross-entropy or torch's mse_loss,

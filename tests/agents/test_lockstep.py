@@ -127,29 +127,21 @@ def test_deferred_updates_of_large_layers_equal_single_learners(name, overrides)
         assert lock.cbp[0].replacements.min() > 0
 
 
-def test_deferred_updates_survive_a_state_round_trip_bit_for_bit():
-    overrides = {"network": {"hidden": [400, 8]}}
-    venv, lock, _, _ = _pair("PermutedMNIST-v0", "backprop", overrides)
-    obs, info = _steps(lock, venv, *venv.reset(seed=list(SEEDS)), 45)
-    assert 0 < lock._deferred[0].count < 32
+@pytest.mark.parametrize("env_id,name,overrides,before,after", [
+    ("SlowRegression-v0", "cbp", {"cbp": {"replacement_rate": 0.01, "maturity": 20}}, 300, 300),
+    # pickled with 13 rank-1 updates of the input layer still deferred
+    ("PermutedMNIST-v0", "backprop", {"network": {"hidden": [400, 8]}}, 45, 40),
+])
+def test_lockstep_state_round_trip_and_pickle_continue_identically(env_id, name, overrides, before, after):
+    venv, lock, _, _ = _pair(env_id, name, overrides)
+    obs, info = _steps(lock, venv, *venv.reset(seed=list(SEEDS)), before)
+    if lock._deferred:
+        assert 0 < lock._deferred[0].count < 32
     clone = pickle.loads(pickle.dumps(lock))
     venv2 = pickle.loads(pickle.dumps(venv))
     obs_copy = obs.copy()
-    _steps(lock, venv, obs, info, 40)
-    _steps(clone, venv2, obs_copy, info, 40)
-    for p, q in zip(lock.params, clone.params):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
-
-
-def test_lockstep_state_round_trip_and_pickle_continue_identically():
-    overrides = {"cbp": {"replacement_rate": 0.01, "maturity": 20}}
-    venv, lock, _, _ = _pair("SlowRegression-v0", "cbp", overrides)
-    obs, info = _steps(lock, venv, *venv.reset(seed=list(SEEDS)), 300)
-    clone = pickle.loads(pickle.dumps(lock))
-    venv2 = pickle.loads(pickle.dumps(venv))
-    obs_copy = obs.copy()
-    _steps(lock, venv, obs, info, 300)
-    _steps(clone, venv2, obs_copy, info, 300)
+    _steps(lock, venv, obs, info, after)
+    _steps(clone, venv2, obs_copy, info, after)
     for p, q in zip(lock.params, clone.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
