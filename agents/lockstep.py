@@ -488,7 +488,7 @@ class LockstepLearner:
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
         step_size = oc.lr / bias_correction1
-        if self._adam_denoms is None:  # scratch buffers: fresh large temporaries every step cost page faults
+        if self._adam_denoms is None:  # scratch buffers, not fresh temporaries every step
             self._adam_denoms = [torch.empty_like(p) for p in self._params]
         for p, g, m, v, denom in zip(self._params, grads, st["exp_avg"], st["exp_avg_sq"], self._adam_denoms):
             m.lerp_(g, 1 - beta1)

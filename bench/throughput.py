@@ -14,6 +14,7 @@ and prints seed-examples per second and the ratio to the baseline. Usage::
     python bench/throughput.py --quick         # shorter timings
     python bench/throughput.py --threads 1     # one torch thread for every case
     python bench/throughput.py --markdown      # also print the table as Markdown (README)
+    python bench/throughput.py --problems mnist-3x100   # only some problems
 
 Every case, the baseline included, runs with the same torch threads (default: every core).
 
@@ -127,6 +128,8 @@ def main() -> None:
                         help="torch threads for every case (default: every core)")
     parser.add_argument("--quick", action="store_true", help="shorter timings")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS),
+                        help="which problems to measure (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sec = 1.5 if args.quick else 4.0
@@ -141,6 +144,28 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s); seed-examples per second, env in the loop")
     print(f"{'problem':<28} {'learner':<22} {'agent':<9} {'seed-ex/s':>13} {'vs base':>7}  target")
 
+    if "slow-regression" in args.problems:
+        slow_regression_rows(add, sec)
+    if "mnist-3x100" in args.problems:
+        mnist_small_rows(add, sec)
+    if "mnist-3x2000" in args.problems:
+        mnist_paper_rows(add, sec)
+
+    if args.markdown:
+        print(f"\nMeasured with `python bench/throughput.py --markdown` (torch {torch.__version__}, "
+              f"{args.threads} thread(s), {platform.machine()}, {os.cpu_count()} cores); seed-examples/s "
+              "with the env in the loop, ratio to the plain PyTorch loop of the same problem:\n")
+        print("| problem | learner | agent | seed-examples/s | vs plain loop | target |")
+        print("|---|---|---|---:|---:|---|")
+        for problem, what, learner, rate, base, target in rows:
+            ratio = f"{rate / base:.1f}x" if base else ""
+            print(f"| {problem} | {what} | {learner} | {rate:,.0f} | {ratio} | {target.replace('>=', '≥')} |")
+
+
+PROBLEMS = ("slow-regression", "mnist-3x100", "mnist-3x2000")
+
+
+def slow_regression_rows(add, sec: float) -> None:
     sr = "SlowRegression 5 units"
     base = baseline_loop("SlowRegression-v0", [5], 0.01, sec)
     add(sr, "baseline loop (1 seed)", "backprop", base, base, "")
@@ -150,6 +175,9 @@ def main() -> None:
     add(sr, "lockstep 100 seeds", "cbp",
         lockstep_learner("SlowRegression-v0", "cbp", {}, 100, sec), base, ">= 500,000")
 
+
+
+def mnist_small_rows(add, sec: float) -> None:
     pm = "PermutedMNIST 3x100"
     base = baseline_loop("PermutedMNIST-v0", [100, 100, 100], 0.01, sec)
     add(pm, "baseline loop (1 seed)", "backprop", base, base, "")
@@ -163,6 +191,9 @@ def main() -> None:
     add(pm, "lockstep 32 seeds", "cbp",
         lockstep_learner("PermutedMNIST-v0", "cbp", {}, 32, sec), base, ">= 30,000 and >= 10x")
 
+
+
+def mnist_paper_rows(add, sec: float) -> None:
     big = {"network": {"hidden": [2000, 2000, 2000]}}
     pb = "PermutedMNIST 3x2000"
     base = baseline_loop("PermutedMNIST-v0", [2000, 2000, 2000], 0.003, sec)
@@ -173,16 +204,6 @@ def main() -> None:
         lockstep_learner("PermutedMNIST-v0", "backprop", big, 2, sec), base, ">= 2x")
     add(pb, "lockstep 2 seeds", "cbp",
         lockstep_learner("PermutedMNIST-v0", "cbp", big, 2, sec), base, ">= 2x")
-
-    if args.markdown:
-        print(f"\nMeasured with `python bench/throughput.py --markdown` (torch {torch.__version__}, "
-              f"{args.threads} thread(s), {platform.machine()}, {os.cpu_count()} cores); seed-examples/s "
-              "with the env in the loop, ratio to the plain PyTorch loop of the same problem:\n")
-        print("| problem | learner | agent | seed-examples/s | vs plain loop | target |")
-        print("|---|---|---|---:|---:|---|")
-        for problem, what, learner, rate, base, target in rows:
-            ratio = f"{rate / base:.1f}x" if base else ""
-            print(f"| {problem} | {what} | {learner} | {rate:,.0f} | {ratio} | {target.replace('>=', '≥')} |")
 
 
 if __name__ == "__main__":
