@@ -169,7 +169,8 @@ class LockstepLearner:
         out, cache = self._forward_any(observations)
         train = _first(infos, "next_phase", "train") == "train"
         self._pending = (observations, out, cache) if train else None
-        if self._numpy:
+        if self._numpy or out.device.type == "cpu":
+            out = out if self._numpy else out.numpy()
             return out.argmax(2) if self.classification else out[..., 0].copy()
         if self.classification:
             return out.argmax(2).cpu().numpy()
@@ -461,6 +462,7 @@ class LockstepLearner:
         if oc.name == "adam":
             self.opt_state["exp_avg"] = [torch.zeros_like(p) for p in self._params]
             self.opt_state["exp_avg_sq"] = [torch.zeros_like(p) for p in self._params]
+        self._optimizer_slice_keys = [k for k in ("momentum", "exp_avg", "exp_avg_sq") if k in self.opt_state]
 
     def _optimizer_step(self, grads: list[torch.Tensor]) -> None:
         """torch.optim.SGD / Adam's arithmetic, on every seed at once."""
@@ -508,23 +510,29 @@ class LockstepLearner:
                                           dtype=p.dtype), alpha=noise_std)
 
     def _zero_optimizer_slices(self, param_index: int, index: tuple) -> None:
-        for key in ("momentum", "exp_avg", "exp_avg_sq"):
-            if key in self.opt_state:
-                self.opt_state[key][param_index][index] = 0
+        for key in self._optimizer_slice_keys:
+            self.opt_state[key][param_index][index] = 0
 
     def _reinit_units(self, layer: int, replica: int, idx: torch.Tensor) -> None:
         """CBP/ReDo surgery on seed ``replica``: the same as :func:`agents.units.reinit_units`."""
         self._flush(layer)
         self._flush(layer + 1)
         w, b, consumer = self.weights[layer], self.biases[layer], self.weights[layer + 1]
-        gen = self.generators[replica]
-        w[replica, idx] = self.init_specs[layer].sample((idx.numel(), w.shape[2]), device=w.device,
-                                                        dtype=w.dtype, generator=gen)
-        b[replica, idx] = 0
-        consumer[replica, :, idx] = 0
-        self._zero_optimizer_slices(2 * layer, (replica, idx))
-        self._zero_optimizer_slices(2 * layer + 1, (replica, idx))
-        self._zero_optimizer_slices(2 * layer + 2, (replica, slice(None), idx))
+        fresh = self.init_specs[layer].sample((idx.numel(), w.shape[2]), device=w.device,
+                                              dtype=w.dtype, generator=self.generators[replica])
+        if self.device.type == "cpu":  # numpy's indexing costs a fraction of torch's here
+            rows = idx.numpy()
+            w.numpy()[replica, rows] = fresh.numpy()
+            b.numpy()[replica, rows] = 0
+            consumer.numpy()[replica][:, rows] = 0
+        else:
+            w[replica, idx] = fresh
+            b[replica, idx] = 0
+            consumer[replica, :, idx] = 0
+        if self._optimizer_slice_keys:
+            self._zero_optimizer_slices(2 * layer, (replica, idx))
+            self._zero_optimizer_slices(2 * layer + 1, (replica, idx))
+            self._zero_optimizer_slices(2 * layer + 2, (replica, slice(None), idx))
 
     def _cbp_step(self, posts: list[torch.Tensor]) -> None:
         for layer, stats in enumerate(self.cbp):

@@ -63,7 +63,7 @@ def _prepare(net_name, opt_name, maturity=3):
         assert cbp.step() == {}
     _train_step(net, opt, cbp, x, y)
     for g in cbp.groups:  # force exactly one replacement per group on the next step
-        cbp.to_replace[g.name] = 1.0 - 1e-12
+        cbp.stats[g.name].to_replace[:] = 1.0 - 1e-12
     return net, opt, cbp, x
 
 
@@ -158,7 +158,7 @@ def test_replacing_the_lowest_utility_unit_leaves_outputs_unchanged(net_name):
         net(x)  # the training forward (gradients enabled) is what CBP measures
         cbp.step()
     for g in groups:
-        cbp.to_replace[g.name] = 1.0 - 1e-12
+        cbp.stats[g.name].to_replace[:] = 1.0 - 1e-12
     # Constant inputs and weights: the (bias-corrected) utilities are constant too.
     utilities = {g.name: cbp.corrected_utility(g.name).clone() for g in groups}
     net.train()
@@ -350,4 +350,33 @@ def test_state_dict_roundtrip():
     for g in groups:
         assert np.array_equal(other.ages(g.name), cbp.ages(g.name))
         assert torch.equal(other.utility[g.name], cbp.utility[g.name])
-        assert len(other._young[g.name]) == len(cbp._young[g.name])
+        assert np.array_equal(other.stats[g.name].eligible_counts(), cbp.stats[g.name].eligible_counts())
+        assert other.to_replace == cbp.to_replace
+
+
+def test_unit_statistics_mature_counts_follow_ages_through_resets_and_reloads():
+    """The mature-unit counts are kept incrementally (a queue of maturation steps); they must
+    always equal a direct count of age > maturity, also across state round trips and config
+    changes, and units replaced again before maturing must not count twice."""
+    from agents.cbp_state import UnitStatistics
+
+    rng = np.random.default_rng(0)
+    config = CBPConfig(replacement_rate=0.05, maturity=7)
+    stats = UnitStatistics(config, 3, 10)
+    for t in range(300):
+        stats.update(torch.rand(3, 2, 10), torch.rand(3, 10))
+        stats.due()
+        for r in range(3):
+            if rng.random() < 0.3:  # mature and immature units alike, sometimes twice in a row
+                stats.reset_units(r, torch.from_numpy(rng.choice(10, size=rng.integers(1, 4), replace=False)))
+        expected = np.count_nonzero(stats.ages() > config.maturity, axis=1)
+        assert np.array_equal(stats.eligible_counts(), expected), t
+        if t % 50 == 49:
+            other = UnitStatistics(config, 3, 10)
+            other.load_state_dict(stats.state_dict())
+            assert np.array_equal(other.ages(), stats.ages())
+            stats = other
+        if t == 150:
+            config = CBPConfig(replacement_rate=0.05, maturity=3)
+            stats.config = config
+    assert stats.replacements.sum() > 0
