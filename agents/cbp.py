@@ -38,9 +38,15 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
     return h.transpose(0, 1).reshape(h.shape[1], -1).mean(1)
 
 
-def _all_plain_linear(g: UnitGroup) -> bool:
+def _small_plain_linear(g: UnitGroup) -> bool:
+    """Read only by small plain CPU ``nn.Linear`` layers (their |w| sums are cheapest in numpy;
+    large ones are summed by torch, in cache-sized blocks on both cores)."""
     return g.producer.weight.device.type == "cpu" and g.producer.weight.dtype == torch.float32 and all(
-        isinstance(c.module, torch.nn.Linear) and c.positions == 1 for c in g.consumers)
+        isinstance(c.module, torch.nn.Linear) and c.positions == 1 for c in g.consumers) and sum(
+        c.module.weight.numel() for c in g.consumers) <= _NUMPY_MAX_ELEMENTS
+
+
+_NUMPY_MAX_ELEMENTS = 1 << 16
 
 
 class ActivationCapture:
@@ -166,7 +172,7 @@ class ContinualBackprop:
         for g in self.groups:
             h = self.capture.get(activations, g.name)
             stats = self.stats[g.name]
-            plain = h.ndim == 2 and _all_plain_linear(g)
+            plain = h.ndim == 2 and _small_plain_linear(g)
             out_mag = _outgoing_magnitude_numpy(g) if plain else g.outgoing_magnitude()
             stats.update(h[None], out_mag[None], g.incoming_magnitude()[None] if adaptable else None)
             due = stats.due()

@@ -35,7 +35,7 @@ from agents.cbp_state import UnitStatistics
 from agents.config import LearnerConfig
 from agents.learners import build_network, resolve_device, task_spec
 from agents.networks import MLP, activation_derivative_np, activation_np
-from agents.units import get_init
+from agents.units import batched_abs_sum, get_init
 
 __all__ = ["LockstepLearner", "LockstepUnsupported", "lockstep_support"]
 
@@ -426,10 +426,10 @@ class LockstepLearner:
                     deferred.add_backward(g_prev, g)
                 deferred.push(w, g, x, alpha)
             elif batch == 1:
-                w.addcmul_(g.transpose(1, 2), x, value=alpha)  # a rank-1 update per seed
+                w.addcmul_(g.mT, x, value=alpha)  # a rank-1 update per seed
             else:
-                w.baddbmm_(g.transpose(1, 2), x, alpha=alpha)
-            self.biases[i].add_(g[:, 0] if batch == 1 else g.sum(1), alpha=alpha)
+                w.baddbmm_(g.mT, x, alpha=alpha)
+            self.biases[i].add_(g.select(1, 0) if batch == 1 else g.sum(1), alpha=alpha)
             if g_prev is not None:
                 g = _through_activation(self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
 
@@ -537,8 +537,8 @@ class LockstepLearner:
     def _cbp_step(self, posts: list[torch.Tensor]) -> None:
         for layer, stats in enumerate(self.cbp):
             w, consumer = self.weights[layer], self.weights[layer + 1]
-            in_mag = _abs_sum(w, 2) if stats.config.utility != "contribution" else None
-            stats.update(posts[layer], _abs_sum(consumer, 1), in_mag)
+            in_mag = batched_abs_sum(w, 2) if stats.config.utility != "contribution" else None
+            stats.update(posts[layer], batched_abs_sum(consumer, 1), in_mag)
             for replica, idx in stats.due().items():
                 self._reinit_units(layer, replica, idx)
                 stats.reset_units(replica, idx)
@@ -637,25 +637,6 @@ class _DeferredUpdate:
     def factors(state: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return state["a"].to(device).transpose(1, 2), state["b"].to(device)
 
-
-# Above this many elements, |w| is summed a cache-sized block at a time: w.abs() of a 3×2000 net's
-# 2000×2000 layer would write and re-read a 16 MB temporary per seed at every step.
-_ABS_SUM_BLOCK = 1 << 18
-
-
-def _abs_sum(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """Σ |w| over ``dim`` (1 or 2) of a (N, out, in) tensor."""
-    if w.numel() <= 2 * _ABS_SUM_BLOCK:
-        return w.abs().sum(dim)
-    other = 3 - dim  # sum over ``dim`` a block of the other axis at a time (1 ↔ 2)
-    step = max(1, _ABS_SUM_BLOCK // (w.shape[0] * w.shape[dim]))
-    if dim == 2:
-        return torch.cat([w[:, r:r + step].abs().sum(2) for r in range(0, w.shape[1], step)], 1)
-    total = None
-    for r in range(0, w.shape[1], step):
-        part = w[:, r:r + step].abs().sum(1)
-        total = part if total is None else total.add_(part)
-    return total  # type: ignore[return-value]
 
 def _as_float_tensor(array: Any, device: torch.device) -> torch.Tensor:
     """A float32 tensor on ``device``; zero-copy for a float32 numpy array on the CPU and for a

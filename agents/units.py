@@ -24,6 +24,7 @@ __all__ = [
     "Consumer",
     "InitSpec",
     "UnitGroup",
+    "batched_abs_sum",
     "get_init",
     "reinit_units",
     "reset_module_parameters",
@@ -100,6 +101,26 @@ def reset_module_parameters(module: nn.Module, generator: torch.Generator | None
         module.bias.zero_()
 
 
+# Above this many elements, |w| is summed a cache-sized block at a time: w.abs() of a 3×2000 net's
+# 2000×2000 layer would write and re-read a 16 MB temporary at every step.
+ABS_SUM_BLOCK = 1 << 18
+
+
+def batched_abs_sum(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Σ |w| over ``dim`` (1 or 2) of a (N, out, in) stack of weight matrices (CBP's outgoing and
+    incoming magnitudes), without a full-size temporary for large layers."""
+    if w.numel() <= 2 * ABS_SUM_BLOCK:
+        return w.abs().sum(dim)
+    step = max(1, ABS_SUM_BLOCK // (w.shape[0] * w.shape[dim]))
+    if dim == 2:  # sum over ``dim`` a block of the other axis at a time
+        return torch.cat([w[:, r:r + step].abs().sum(2) for r in range(0, w.shape[1], step)], 1)
+    total = None
+    for r in range(0, w.shape[1], step):
+        part = w[:, r:r + step].abs().sum(1)
+        total = part if total is None else total.add_(part)
+    return total  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, eq=False)
 class Consumer:
     """A layer that reads the group's units.
@@ -123,7 +144,7 @@ class Consumer:
         """Σ_k |w_out,k| for every unit: shape (units,)."""
         w = self.module.weight
         if w.dim() == 2 and self.positions == 1:
-            return w.abs().sum(0)  # the common MLP case, in the fewest ops
+            return batched_abs_sum(w.unsqueeze(0), 1)[0]  # the common MLP case
         return self.weight_view().abs().sum(dim=(0, 2))
 
 

@@ -180,7 +180,7 @@ def test_probe_model_is_the_seeds_network():
 
 
 def test_blocked_abs_sums_equal_plain_ones():
-    from agents.lockstep import _ABS_SUM_BLOCK, _abs_sum
+    from agents.units import ABS_SUM_BLOCK as _ABS_SUM_BLOCK, batched_abs_sum as _abs_sum
 
     w = torch.randn(2, 700, 3 * _ABS_SUM_BLOCK // 1400 + 5, generator=torch.Generator().manual_seed(0))
     assert w.numel() > 2 * _ABS_SUM_BLOCK  # the blocked path
