@@ -93,7 +93,8 @@ class LockstepLearner:
     learns_only_in_train = True
 
     def __init__(self, name: str, config: LearnerConfig, observation_space: gym.Space,
-                 action_space: gym.Space, *, seeds: Sequence[int], device: str = "auto") -> None:
+                 action_space: gym.Space, *, seeds: Sequence[int], device: str = "auto",
+                 compile: bool | str = "auto") -> None:
         reason = lockstep_support(config)
         if reason is not None:
             raise LockstepUnsupported(f"agent {name!r} cannot run in lockstep: {reason}")
@@ -126,7 +127,6 @@ class LockstepLearner:
         self._bias_rows = [b.unsqueeze(1) for b in self.biases]  # (N, 1, out) views for baddbmm
         oc = config.optimizer
         self._plain_sgd = oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0
-        self._neg_ones: dict[int, torch.Tensor] = {}
         # The single learner's parameter order (network.parameters()): w0, b0, w1, b1, ..., head.
         self._params: list[torch.Tensor] = [t for pair in zip(self.weights, self.biases) for t in pair]
         self.generators = [torch.Generator(device=self.device).manual_seed(s + 1) for s in self.seeds]
@@ -151,6 +151,19 @@ class LockstepLearner:
             self._np_wt = [w.transpose(0, 2, 1) for w in self._np_weights]
             self._np_biases = [b.numpy() for b in self.biases]
             self._np_bias_rows = [b[:, None, :] for b in self._np_biases]
+        # CBP reads its consumer layers' column |w| sums right after the update; under plain SGD
+        # with nothing in between (no Shrink and Perturb) the train step returns them.
+        self._out_magnitude_layers = (tuple(range(1, len(self.weights)))
+                                      if config.cbp is not None and self._plain_sgd
+                                      and config.shrink_perturb is None else ())
+        self._compile_request = compile
+        self._sgd_step = self._sgd_train_step
+        self.compiled = self._use_compile(compile)
+        if self.compiled:  # the forward stays eager: a compiled call's own overhead is as large
+            _quiet_import_cpp_extension()
+            # fullgraph: nothing runs before the whole step has compiled, so a failed compile
+            # can fall back to eager without having changed any weight.
+            self._sgd_step = torch.compile(self._sgd_train_step, dynamic=False, fullgraph=True)
         self._pending: tuple | None = None
         self._probe_net: MLP | None = None
         self.updates = 0
@@ -261,7 +274,8 @@ class LockstepLearner:
 
     def __reduce__(self):
         return (_rebuild, (self.name, self.config.to_dict(), self.observation_space,
-                           self.action_space, self.seeds, self._requested_device),
+                           self.action_space, self.seeds, self._requested_device,
+                           self._compile_request),
                 self.state_dict())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -281,7 +295,9 @@ class LockstepLearner:
         if self._numpy:
             return self._forward_numpy(self._array(observations))
         with torch.no_grad():
-            return self._forward(self._tensor(observations))
+            x = self._tensor(observations)
+            # contiguous: the compiled step is specialised to its inputs' strides
+            return self._forward(x.contiguous() if self.compiled else x)
 
     def _array(self, observations: np.ndarray) -> np.ndarray:
         x = np.asarray(observations, dtype=np.float32)
@@ -353,24 +369,68 @@ class LockstepLearner:
 
         return self._run_layers(x, layer, lambda pre: _activation(self.activation, pre, self.slope))
 
-    def _output_gradient(self, out: torch.Tensor, target: Any) -> tuple[torch.Tensor, float]:
-        """``(g, c)`` with ``c·g`` = d loss / d output per seed (cross-entropy or torch's mse_loss,
-        mean over the batch); the constant ``c`` is folded into the update's step size."""
-        batch = out.shape[1]
+    def _target_tensor(self, target: Any, batch: int) -> torch.Tensor:
+        """The targets as a tensor on the learner's device: labels int64 ``(N, batch, 1)``,
+        regression targets float32 ``(N, batch, 1)``."""
         if self.classification:
             y = (target.to(self.device) if isinstance(target, torch.Tensor) else
                  torch.as_tensor(target if type(target) is np.ndarray else np.asarray(target),
                                  device=self.device))
-            g = torch.softmax(out, 2)
-            ones = self._neg_ones.get(batch)
-            if ones is None:
-                ones = self._neg_ones[batch] = torch.full((self.n, batch, 1), -1.0, device=out.device)
             if y.dtype != torch.int64:
                 y = y.long()
-            g.scatter_add_(2, y.view(self.n, batch, 1), ones)
+        else:
+            y = _as_float_tensor(target, self.device)
+        return y.reshape(self.n, batch, 1).contiguous()
+
+    def _output_gradient(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(g, c)`` with ``c·g`` = d loss / d output per seed (cross-entropy or torch's mse_loss,
+        mean over the batch); the constant ``c`` is folded into the update's step size."""
+        batch = out.shape[1]
+        if self.classification:
+            g = torch.softmax(out, 2)
+            g.scatter_add_(2, y, torch.full_like(y, -1, dtype=g.dtype))
             return g, 1.0 / batch
-        y = _as_float_tensor(target, self.device)
-        return torch.sub(out, y.view(self.n, batch, 1)), 2.0 / batch
+        return torch.sub(out, y), 2.0 / batch
+
+    def _sgd_train_step(self, out: torch.Tensor, y: torch.Tensor, inputs: list, pres: list,
+                        posts: list) -> list[torch.Tensor]:
+        """One plain-SGD update of every seed (no deferred layers), returning the column |w| sums
+        of the layers CBP reads (``_out_magnitude_layers``). Run as is, or compiled."""
+        g, scale = self._output_gradient(out, y)
+        self._sgd_backward(g, -self.config.optimizer.lr * scale, inputs, pres, posts)
+        return [batched_abs_sum(self.weights[i], 1) for i in self._out_magnitude_layers]
+
+    def _use_compile(self, request: bool | str) -> bool:
+        """Whether the train forward and SGD step run through ``torch.compile``: only on the
+        paths it covers (plain SGD, no deferred layers, not the numpy path); with ``"auto"``,
+        on the CPU for networks of ``_COMPILE_MIN_ELEMENTS`` weights or more (over all seeds)
+        when a C++ compiler is installed (Inductor's CPU backend needs one)."""
+        if request not in (True, False, "auto"):
+            raise ValueError(f"compile must be True, False or 'auto', got {request!r}")
+        if request is False or self._numpy or not self._plain_sgd or self._deferred:
+            return False
+        if request is True:
+            return True
+        n_weights = sum(w.numel() for w in self.weights)
+        return (self.device.type == "cpu" and n_weights >= _COMPILE_MIN_ELEMENTS
+                and _cxx_compiler_available())
+
+    def _compiled_call(self, name: str, eager: Any, *args: Any) -> Any:
+        """Call the compiled function ``name``; if compiling fails (no working C++ toolchain,
+        an unsupported build), warn once and run eagerly from now on."""
+        try:
+            return getattr(self, name)(*args)
+        except Exception as error:  # noqa: BLE001  (any compile failure means: run eagerly)
+            if getattr(self, "_compile_failed", False) or not _is_compile_error(error):
+                raise
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); the "
+                          "lockstep learner runs eagerly", RuntimeWarning, stacklevel=3)
+            self._compile_failed = True
+            self.compiled = False
+            self._sgd_step = self._sgd_train_step
+            return eager(*args)
 
     @torch.no_grad()
     def _learn(self, out: torch.Tensor, cache: tuple[list, list, list], target: Any) -> None:
@@ -380,7 +440,15 @@ class LockstepLearner:
             posts = [torch.from_numpy(h) for h in posts]  # for CBP / ReDo, zero-copy
             self._after_update(posts)
             return
-        g, scale = self._output_gradient(out, target)
+        if self._plain_sgd and not self._deferred:
+            y = self._target_tensor(target, out.shape[1])
+            if self.compiled:
+                magnitudes = self._compiled_call("_sgd_step", self._sgd_train_step, out, y, inputs, pres, posts)
+            else:
+                magnitudes = self._sgd_train_step(out, y, inputs, pres, posts)
+            self._after_update(posts, dict(zip(self._out_magnitude_layers, magnitudes)))
+            return
+        g, scale = self._output_gradient(out, self._target_tensor(target, out.shape[1]))
         if self._plain_sgd:
             self._sgd_backward(g, -self.config.optimizer.lr * scale, inputs, pres, posts)
         else:
@@ -389,14 +457,15 @@ class LockstepLearner:
             self._optimizer_step(self._gradients(g, inputs, pres, posts))
         self._after_update(posts)
 
-    def _after_update(self, posts: list[torch.Tensor]) -> None:
+    def _after_update(self, posts: list[torch.Tensor],
+                      out_magnitudes: dict[int, torch.Tensor] | None = None) -> None:
         """Everything after the gradient step: Shrink and Perturb, CBP, ReDo."""
         self.updates += 1
         sp = self.config.shrink_perturb
         if sp is not None:
             self._shrink_perturb(sp.weight_decay, sp.noise_std)
         if self.cbp is not None:
-            self._cbp_step(posts)
+            self._cbp_step(posts, out_magnitudes or {})
         if self.redo_sums is not None:
             self._redo_step(posts)
 
@@ -534,11 +603,12 @@ class LockstepLearner:
             self._zero_optimizer_slices(2 * layer + 1, (replica, idx))
             self._zero_optimizer_slices(2 * layer + 2, (replica, slice(None), idx))
 
-    def _cbp_step(self, posts: list[torch.Tensor]) -> None:
+    def _cbp_step(self, posts: list[torch.Tensor], out_magnitudes: dict[int, torch.Tensor]) -> None:
         for layer, stats in enumerate(self.cbp):
             w, consumer = self.weights[layer], self.weights[layer + 1]
             in_mag = batched_abs_sum(w, 2) if stats.config.utility != "contribution" else None
-            stats.update(posts[layer], batched_abs_sum(consumer, 1), in_mag)
+            out_mag = out_magnitudes.get(layer + 1)
+            stats.update(posts[layer], batched_abs_sum(consumer, 1) if out_mag is None else out_mag, in_mag)
             for replica, idx in stats.due().items():
                 self._reinit_units(layer, replica, idx)
                 stats.reset_units(replica, idx)
@@ -569,6 +639,9 @@ _DEFERRED_RANK = 32
 # Networks (all seeds together) up to this many weights take the numpy path on the CPU.
 _NUMPY_MAX_ELEMENTS = 1 << 16
 _GEMV_MIN_ELEMENTS = 1 << 18
+# Networks (all seeds together) of at least this many weights run compiled on the CPU ("auto"):
+# 3×100 MNIST nets from 6 seeds on. Below it compiling (seconds) does not pay for itself soon.
+_COMPILE_MIN_ELEMENTS = 1 << 19
 _DEFERRED_MIN_ELEMENTS = 1 << 18
 
 
@@ -655,6 +728,34 @@ def _first(infos: dict[str, Any], key: str, default: Any) -> Any:
     return value[0] if isinstance(value, (np.ndarray, list, tuple)) else value
 
 
-def _rebuild(name, config_dict, observation_space, action_space, seeds, device):
+def _rebuild(name, config_dict, observation_space, action_space, seeds, device, compile="auto"):
     return LockstepLearner(name, LearnerConfig.from_dict(config_dict), observation_space,
-                           action_space, seeds=seeds, device=device)
+                           action_space, seeds=seeds, device=device, compile=compile)
+
+
+def _quiet_import_cpp_extension() -> None:
+    """Inductor imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on
+    CPU-only machines: noise for a CPU compile."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
+
+
+def _cxx_compiler_available() -> bool:
+    import os
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c)
+
+
+def _is_compile_error(error: Exception) -> bool:
+    """An error raised while compiling (Dynamo / Inductor / the C++ toolchain), not by the math."""
+    module = type(error).__module__ or ""
+    return module.startswith(("torch._dynamo", "torch._inductor")) or isinstance(
+        error, (OSError, ImportError, RuntimeError)) and "compil" in str(error).lower()

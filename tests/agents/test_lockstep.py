@@ -186,3 +186,57 @@ def test_blocked_abs_sums_equal_plain_ones():
     assert w.numel() > 2 * _ABS_SUM_BLOCK  # the blocked path
     for dim in (1, 2):
         torch.testing.assert_close(_abs_sum(w, dim), w.abs().sum(dim), rtol=1e-5, atol=1e-4)
+
+
+# Large enough (over both seeds) for the torch path; the numpy path of tiny nets is never compiled.
+MNIST_CBP = {"network": {"hidden": [64, 32]}, "cbp": {"replacement_rate": 0.02, "maturity": 10}}
+
+
+def _pair_with(compile_mode, env_id="PermutedMNIST-v0", name="cbp", overrides=MNIST_CBP):
+    venv, _, envs, singles = _pair(env_id, name, overrides)
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    cfg = resolve_config(name, osp, asp, env_id=env_id, scale="smoke", overrides=overrides)
+    lock = LockstepLearner(name, cfg, osp, asp, seeds=SEEDS, device="cpu", compile=compile_mode)
+    return venv, lock, envs, singles
+
+
+@pytest.mark.skipif(not __import__("agents.lockstep").lockstep._cxx_compiler_available(),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.parametrize("name,overrides", [("cbp", MNIST_CBP), ("backprop", {"network": {"hidden": [64, 32]}})])
+def test_compiled_sgd_step_equals_single_learners(name, overrides):
+    """The compiled plain-SGD step (forced here; "auto" uses it for large CPU networks) gives each
+    seed the single learner's trajectory, CBP replacements included."""
+    venv, lock, envs, singles = _pair_with(True, name=name, overrides=overrides)
+    assert lock.compiled
+    _run(venv, lock, envs, singles, 300)
+    assert lock.compiled  # it did not fall back
+    _assert_same_weights(lock, singles)
+    if lock.cbp:
+        assert all(s.replacements.min() > 0 for s in lock.cbp)
+
+
+def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    import agents.lockstep as lockstep
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler found")
+        return compiled
+
+    monkeypatch.setattr(lockstep.torch, "compile", broken_compile)
+    venv, lock, envs, singles = _pair_with(True)
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        _run(venv, lock, envs, singles, 200)
+    assert not lock.compiled
+    _assert_same_weights(lock, singles)
+
+
+def test_compile_choice():
+    venv, lock, _, _ = _pair_with("auto")
+    assert not lock._numpy and not lock.compiled  # small: compiling would not pay for itself
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    cfg = resolve_config("cbp", osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=MNIST_CBP)
+    with pytest.raises(ValueError, match="compile must be"):
+        LockstepLearner("cbp", cfg, osp, asp, seeds=SEEDS, device="cpu", compile="sometimes")
+    adam = resolve_config("adam", osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=None)
+    assert not LockstepLearner("adam", adam, osp, asp, seeds=SEEDS, device="cpu", compile=True).compiled
