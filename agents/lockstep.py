@@ -401,10 +401,12 @@ class LockstepLearner:
         return [batched_abs_sum(self.weights[i], 1) for i in self._out_magnitude_layers]
 
     def _use_compile(self, request: bool | str) -> bool:
-        """Whether the train forward and SGD step run through ``torch.compile``: only on the
-        paths it covers (plain SGD, no deferred layers, not the numpy path); with ``"auto"``,
-        on the CPU for networks of ``_COMPILE_MIN_ELEMENTS`` weights or more (over all seeds)
-        when a C++ compiler is installed (Inductor's CPU backend needs one)."""
+        """Whether the plain-SGD step runs through ``torch.compile``: only on the path it covers
+        (plain SGD, no deferred layers, not the numpy path); with ``"auto"``, on the CPU, for
+        CBP (whose per-step column |w| sums Inductor fuses into one pass: measured 1.1–1.2×
+        with 32 seeds of the 3×100 MNIST net, while plain backprop ran 5% slower compiled), for
+        networks of ``_COMPILE_MIN_ELEMENTS`` weights or more (over all seeds), and when a C++
+        compiler is installed (Inductor's CPU backend needs one)."""
         if request not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {request!r}")
         if request is False or self._numpy or not self._plain_sgd or self._deferred:
@@ -412,8 +414,8 @@ class LockstepLearner:
         if request is True:
             return True
         n_weights = sum(w.numel() for w in self.weights)
-        return (self.device.type == "cpu" and n_weights >= _COMPILE_MIN_ELEMENTS
-                and _cxx_compiler_available())
+        return (self.device.type == "cpu" and bool(self._out_magnitude_layers)
+                and n_weights >= _COMPILE_MIN_ELEMENTS and _cxx_compiler_available())
 
     def _compiled_call(self, name: str, eager: Any, *args: Any) -> Any:
         """Call the compiled function ``name``; if compiling fails (no working C++ toolchain,

@@ -47,9 +47,10 @@ class Rate(NamedTuple):
     median: float
     low: float
     high: float
+    note: str = ""  # how the learner ran, shown in the table (e.g. "compiled")
 
     def __mul__(self, k: float) -> Rate:  # type: ignore[override]
-        return Rate(self.median * k, self.low * k, self.high * k)
+        return Rate(self.median * k, self.low * k, self.high * k, self.note)
 
 
 WINDOWS = 5  # timing windows per case (main() sets it from --windows)
@@ -139,7 +140,8 @@ def lockstep_learner(env_id: str, agent: str, overrides: dict, n_seeds: int, sec
         state["obs"], rewards, _, _, state["info"] = venv.step(actions)
         learner.observe(obs, actions, rewards, state["info"])
 
-    return _timed(step, seconds, warmup=20) * n_seeds
+    rate = _timed(step, seconds, warmup=20) * n_seeds  # the warm-up includes any compiling
+    return rate._replace(note="compiled" if learner.compiled else "")
 
 
 def main() -> None:
@@ -163,15 +165,16 @@ def main() -> None:
     rows: list[tuple[str, str, str, Rate, Rate, str]] = []
 
     def add(problem: str, what: str, learner: str, rate: Rate, base: Rate, target: str) -> None:
+        what = f"{what}, {rate.note}" if rate.note else what
         rows.append((problem, what, learner, rate, base, target))
         ratio = f"{rate.median / base.median:6.1f}x"
         spread = f"{rate.low:,.0f}-{rate.high:,.0f}"
-        print(f"{problem:<28} {what:<22} {learner:<9} {rate.median:>13,.0f} {spread:>21} {ratio}  {target}",
+        print(f"{problem:<28} {what:<31} {learner:<9} {rate.median:>13,.0f} {spread:>21} {ratio}  {target}",
               flush=True)
 
     print(f"torch {torch.__version__}, {args.threads} thread(s); seed-examples per second, env in the loop; "
           f"median of {WINDOWS} windows of {sec / WINDOWS:.2f} s (and their range) per case")
-    print(f"{'problem':<28} {'learner':<22} {'agent':<9} {'seed-ex/s':>13} {'windows min-max':>21} "
+    print(f"{'problem':<28} {'learner':<31} {'agent':<9} {'seed-ex/s':>13} {'windows min-max':>21} "
           f"{'vs base':>7}  target")
 
     if "slow-regression" in args.problems:

@@ -232,6 +232,8 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 
 
 def test_compile_choice():
+    import agents.lockstep as lockstep
+
     venv, lock, _, _ = _pair_with("auto")
     assert not lock._numpy and not lock.compiled  # small: compiling would not pay for itself
     osp, asp = venv.single_observation_space, venv.single_action_space
@@ -240,3 +242,8 @@ def test_compile_choice():
         LockstepLearner("cbp", cfg, osp, asp, seeds=SEEDS, device="cpu", compile="sometimes")
     adam = resolve_config("adam", osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=None)
     assert not LockstepLearner("adam", adam, osp, asp, seeds=SEEDS, device="cpu", compile=True).compiled
+    # "auto" compiles CBP's step for a large CPU network (8 seeds of 3×100), not plain backprop's
+    big = {"network": {"hidden": [100, 100, 100]}}
+    for name, expected in (("cbp", lockstep._cxx_compiler_available()), ("backprop", False)):
+        cfg = resolve_config(name, osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=big)
+        assert LockstepLearner(name, cfg, osp, asp, seeds=range(8), device="cpu").compiled == expected
