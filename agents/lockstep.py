@@ -24,6 +24,10 @@ All seeds must be in the same phase at every step (true for one env config with 
 from __future__ import annotations
 
 import copy
+import logging
+import os
+import shutil
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -417,22 +421,22 @@ class LockstepLearner:
         return (self.device.type == "cpu" and bool(self._out_magnitude_layers)
                 and n_weights >= _COMPILE_MIN_ELEMENTS and _cxx_compiler_available())
 
-    def _compiled_call(self, name: str, eager: Any, *args: Any) -> Any:
-        """Call the compiled function ``name``; if compiling fails (no working C++ toolchain,
-        an unsupported build), warn once and run eagerly from now on."""
+    def _run_sgd_step(self, *args: Any) -> list[torch.Tensor]:
+        """The plain-SGD step, compiled when ``self.compiled``. If compiling fails (no working C++
+        toolchain, an unsupported build) it warns once and runs eagerly from then on; with
+        ``fullgraph`` nothing has run when compiling fails, so no update is applied twice."""
+        if not self.compiled:
+            return self._sgd_train_step(*args)
         try:
-            return getattr(self, name)(*args)
-        except Exception as error:  # noqa: BLE001  (any compile failure means: run eagerly)
-            if getattr(self, "_compile_failed", False) or not _is_compile_error(error):
+            return self._sgd_step(*args)
+        except Exception as error:  # noqa: BLE001  (only compile failures are caught, below)
+            if not _is_compile_error(error):
                 raise
-            import warnings
-
             warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); the "
-                          "lockstep learner runs eagerly", RuntimeWarning, stacklevel=3)
-            self._compile_failed = True
+                          "lockstep learner runs eagerly", RuntimeWarning, stacklevel=4)
             self.compiled = False
             self._sgd_step = self._sgd_train_step
-            return eager(*args)
+            return self._sgd_train_step(*args)
 
     @torch.no_grad()
     def _learn(self, out: torch.Tensor, cache: tuple[list, list, list], target: Any) -> None:
@@ -444,10 +448,7 @@ class LockstepLearner:
             return
         if self._plain_sgd and not self._deferred:
             y = self._target_tensor(target, out.shape[1])
-            if self.compiled:
-                magnitudes = self._compiled_call("_sgd_step", self._sgd_train_step, out, y, inputs, pres, posts)
-            else:
-                magnitudes = self._sgd_train_step(out, y, inputs, pres, posts)
+            magnitudes = self._run_sgd_step(out, y, inputs, pres, posts)
             self._after_update(posts, dict(zip(self._out_magnitude_layers, magnitudes)))
             return
         g, scale = self._output_gradient(out, self._target_tensor(target, out.shape[1]))
@@ -738,8 +739,6 @@ def _rebuild(name, config_dict, observation_space, action_space, seeds, device, 
 def _quiet_import_cpp_extension() -> None:
     """Inductor imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on
     CPU-only machines: noise for a CPU compile."""
-    import logging
-
     log = logging.getLogger("torch.utils.cpp_extension")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -750,9 +749,6 @@ def _quiet_import_cpp_extension() -> None:
 
 
 def _cxx_compiler_available() -> bool:
-    import os
-    import shutil
-
     return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c)
 
 
