@@ -218,6 +218,29 @@ class LockstepLearner:
                 lin.bias.copy_(b[index])
         return self._probe_net
 
+    @torch.no_grad()
+    def probe_features(self, observations: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every seed's hidden representations of a probe batch, in one batched pass.
+
+        ``observations``: ``(N, P, *x_shape)``. Returns ``(hidden, weights)``: ``hidden[l]`` is
+        hidden layer ``l``'s activations ``(N, P, units)``; ``weights[l]`` is layer ``l``'s weight
+        ``(N, out, in)`` as the networks have it now (the head last).
+        """
+        x = _as_float_tensor(observations, self.device)
+        if x.dim() < 3 or x.shape[0] != self.n:
+            raise ValueError(f"expected probe observations of shape ({self.n}, P, ...), got {tuple(x.shape)}")
+        x = x.reshape(self.n, x.shape[1], -1)
+        weights = self.current_weights()
+        h = x
+        hidden = []
+        for i, (w, b) in enumerate(zip(weights, self.biases)):
+            pre = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i == len(weights) - 1:
+                break
+            h = _activation(self.activation, pre, self.slope)
+            hidden.append(h)
+        return hidden, weights
+
     def current_weights(self) -> list[torch.Tensor]:
         """Every layer's weights ``(N, out, in)`` as the networks have them now: the stored ones
         plus the deferred updates (copies for deferred layers; the stored tensors otherwise)."""

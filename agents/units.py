@@ -26,6 +26,7 @@ __all__ = [
     "UnitGroup",
     "batched_abs_sum",
     "get_init",
+    "add_expected_contribution",
     "reinit_units",
     "reset_module_parameters",
     "set_init",
@@ -212,10 +213,20 @@ def zero_optimizer_slices(optimizer: torch.optim.Optimizer | None, param: torch.
 
 @torch.no_grad()
 def reinit_units(group: UnitGroup, idx: torch.Tensor, *, optimizer: torch.optim.Optimizer | None,
-                 generator: torch.Generator | None) -> None:
-    """Re-initialise units ``idx`` (1-D long tensor) of ``group``, keeping the function unchanged."""
+                 generator: torch.Generator | None, unit_means: torch.Tensor | None = None) -> None:
+    """Re-initialise units ``idx`` (1-D long tensor) of ``group``.
+
+    The new units contribute nothing to the outputs (their outgoing weights are zero); the old
+    units' contributions are removed, so the outputs change by them, unless ``unit_means``
+    (the replaced units' expected values ĥ, shape ``(len(idx),)``) is given: then, before the
+    outgoing weights are zeroed, each consumer's bias gains Σ_i ĥ_i · (the unit's outgoing
+    weights summed over its positions), which keeps the expected output (CBP's next-layer bias
+    correction). A consumer without a bias is left as it is.
+    """
     if idx.numel() == 0:
         return
+    if unit_means is not None:
+        add_expected_contribution(group, idx, unit_means)
     prod = group.producer
     w = prod.weight
     spec = get_init(prod)
@@ -243,3 +254,16 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, *, optimizer: torch.optim.
             cols = idx
         cw[:, cols] = 0
         zero_optimizer_slices(optimizer, cw, (slice(None), cols))
+
+
+@torch.no_grad()
+def add_expected_contribution(group: UnitGroup, idx: torch.Tensor, unit_means: torch.Tensor) -> None:
+    """Fold units ``idx``'s expected contribution into every consumer's bias: for consumer output
+    k, bias_k += Σ_i ĥ_i · Σ_positions w[k, i, position] (the next-layer bias correction)."""
+    means = unit_means.to(device=group.producer.weight.device, dtype=group.producer.weight.dtype)
+    for c in group.consumers:
+        bias = getattr(c.module, "bias", None)
+        if bias is None:
+            continue
+        w = c.weight_view()[:, idx, :].sum(2)  # (out, k)
+        bias.add_(w @ means)
