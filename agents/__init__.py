@@ -21,12 +21,13 @@ from agents.config import (
     ShrinkPerturbConfig,
     config_hash,
 )
-from agents.defaults import AGENT_NAMES, SCALES, default_config, defaults_table
+from agents.defaults import AGENT_NAMES, ENV_IDS, SCALES, default_config, defaults_table
 from agents.learners import SupervisedLearner, task_spec
 from agents.protocol import Agent
 
 __all__ = [
     "AGENT_NAMES",
+    "ENV_IDS",
     "SCALES",
     "Agent",
     "CBPConfig",
@@ -61,8 +62,10 @@ def make_agent(name: str, observation_space: gym.Space, action_space: gym.Space,
                device: str = "auto") -> SupervisedLearner:
     """Build reference agent ``name`` (one of ``AGENT_NAMES``).
 
-    ``scale`` defaults to ``"cpu"``; an unknown ``env_id`` gets generic defaults inferred from the
-    spaces. ``overrides`` is a nested dict merged onto the defaults, e.g.
+    ``env_id`` picks the named defaults of one of ``ENV_IDS`` (another id is an error); with
+    ``env_id=None`` the defaults are inferred from the spaces (a regression stream gets
+    SlowRegression-v0's, flat 784-pixel 10-class inputs PermutedMNIST-v0's, anything else
+    generic ones). ``scale`` defaults to ``"cpu"``. ``overrides`` is a nested dict merged onto the defaults, e.g.
     ``{"optimizer": {"lr": 0.003}, "cbp": {"replacement_rate": 1e-5}}``; unknown keys and bad
     values raise ``ValueError``. ``device="auto"`` picks CUDA when available.
     """

@@ -1,4 +1,5 @@
-"""Continual backpropagation: the one implementation (SPEC §3, Algorithm 1, equation 1).
+"""Continual backpropagation: the one implementation (Dohare et al. 2024, Methods: Algorithm 1
+and equation 1).
 
 It works on the :class:`~agents.units.UnitGroup` declarations of any network (MLP, convnet,
 ResNet-18, PPO nets), so it never needs to know the architecture. Use::
@@ -9,14 +10,20 @@ ResNet-18, PPO nets), so it never needs to know the architecture. Use::
 
 Unit values h are captured by forward hooks on each group's ``activation`` module during
 forward passes run with gradients enabled (the training forward); code that runs its own
-forward (the MLP's hand-written fast path, a lockstep learner, a PPO update that wants a
-specific mini-batch) passes them explicitly: ``cbp.step({group.name: h, ...})``.
+forward (a lockstep learner, a PPO update that wants a specific mini-batch) passes them
+explicitly: ``cbp.step({group.name: h, ...})``.
 
 Per step and group (vectorised; no Python loop over units unless a replacement is due):
 age += 1; u ← η·u + (1−η)·y with y the batch-mean contribution |h|·Σ_k|w_out,k| (conv: mean
 over batch and positions) or, for ``adaptable_contribution``, |h − ĥ|·Σ|w_out| / Σ|w_in| with ĥ a
 running mean of h; eligible = age > maturity; c += |eligible|·ρ; while c ≥ 1 the eligible unit
-with the smallest (bias-corrected) utility is re-initialised by :func:`agents.units.reinit_units`.
+with the smallest (bias-corrected) utility is re-initialised by :func:`agents.units.reinit_units`:
+fresh incoming weights, zero bias, zero outgoing weights, zeroed optimizer state of every slice
+touched. The new unit contributes nothing to the outputs; the old unit's contribution is
+removed, so the outputs change by it, unless ``next_layer_bias_correction`` is on, which first
+folds the old unit's bias-corrected mean activation times its outgoing weights into the
+consumers' biases (the expected output is kept; a consumer without a bias, such as a conv
+followed by BatchNorm, is left as it is).
 """
 
 from __future__ import annotations
@@ -178,7 +185,8 @@ class ContinualBackprop:
             due = stats.due()
             if due:
                 idx = due[0]
-                reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
+                reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator,
+                             unit_means=stats.expected_values(0, idx))
                 stats.reset_units(0, idx)
                 replaced[g.name] = idx.tolist()
         if activations is None:

@@ -33,7 +33,8 @@ __all__ = ["UnitStatistics"]
 class UnitStatistics:
     """CBP statistics of ``n_units`` hidden units in each of ``n_replicas`` replicas.
 
-    Attributes: ``utility`` and ``mean_act`` (``(R, n)`` tensors on the network's device),
+    Attributes: ``utility`` and ``mean_act`` (``(R, n)`` tensors on the network's device; ``mean_act``
+    is ĥ, kept for the adaptable contribution and for the next-layer bias correction),
     ``age`` (``(R, n)`` int64 tensor, read-only: updates since the unit was created or
     replaced), ``to_replace`` (``(R,)`` float64 numpy: the accumulator c), ``replacements``
     (``(R,)`` int64 numpy) and ``steps`` (updates so far).
@@ -137,7 +138,12 @@ class UnitStatistics:
         cfg = self.config
         self._advance()
         if cfg.utility == "contribution" and self._utility_np is not None and h.ndim == 3:
-            self._update_contribution_numpy(_as_numpy(h), _as_numpy(out_magnitude))
+            h_np = _as_numpy(h)
+            self._update_contribution_numpy(h_np, _as_numpy(out_magnitude))
+            if cfg.next_layer_bias_correction:
+                m = self._mean_act_np  # ĥ ← η·ĥ + (1−η)·mean h, for the next-layer correction
+                m *= cfg.decay
+                m += (1.0 - cfg.decay) * (h_np[:, 0] if h_np.shape[1] == 1 else h_np.mean(1))
             return
         with torch.no_grad():
             self._update_torch(torch.as_tensor(h, device=self.utility.device),
@@ -149,6 +155,8 @@ class UnitStatistics:
         eta = cfg.decay
         dims = [1, *range(3, h.dim())]
         if cfg.utility == "contribution":
+            if cfg.next_layer_bias_correction:
+                self.mean_act.lerp_(h.mean(dims), 1.0 - eta)
             if h.dim() == 3 and h.shape[1] == 1:  # the mean over one example is the example
                 inst = torch.mul(h.select(1, 0).abs(), out_magnitude)
             else:
@@ -218,6 +226,19 @@ class UnitStatistics:
                 u = torch.where(denom > 0, u / denom.clamp_min(1e-12), u)
             u = torch.where(ages_t > cfg.maturity, u, torch.full_like(u, float("inf")))
             return torch.sort(u, stable=True).indices[:k]
+
+    @torch.no_grad()
+    def expected_values(self, replica: int, idx: torch.Tensor | np.ndarray) -> torch.Tensor | None:
+        """The bias-corrected mean activations ĥ/(1 − η^age) of units ``idx`` of ``replica``
+        (read before :meth:`reset_units`), for the next-layer bias correction; ``None`` when
+        ``config.next_layer_bias_correction`` is off."""
+        if not self.config.next_layer_bias_correction:
+            return None
+        idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.mean_act.device)
+        ages = torch.as_tensor(self.ages()[replica], device=self.mean_act.device)[idx_t]
+        denom = 1.0 - torch.pow(self.config.decay, ages.to(self.mean_act.dtype))
+        means = self.mean_act[replica, idx_t]
+        return torch.where(denom > 0, means / denom.clamp_min(1e-12), torch.zeros_like(means))
 
     @torch.no_grad()
     def reset_units(self, replica: int, idx: torch.Tensor | np.ndarray) -> None:

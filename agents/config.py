@@ -238,6 +238,10 @@ class CBPConfig(ConfigBase):
                          metadata=_choices("contribution", "adaptable_contribution"))
     running_average: bool = True  # False: the instantaneous mini-batch utility
     bias_correction: bool = True  # read running averages divided by (1 - decay**age)
+    # Before zeroing a replaced unit's outgoing weights, add its bias-corrected mean activation
+    # times those weights to each consumer's bias, so the expected output is kept. Off by
+    # default: the authors' code never applied it, so the published results ran without it.
+    next_layer_bias_correction: bool = False
 
     def __post_init__(self) -> None:
         _validate_all(self)
@@ -285,3 +289,7 @@ class LearnerConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         _validate_all(self)
+        if self.cbp is not None and self.redo is not None:
+            raise ValueError("LearnerConfig: cbp and redo both re-initialise hidden units and would "
+                             "undo each other's bookkeeping; configure one of them (set the other "
+                             "section to None)")

@@ -3,8 +3,13 @@
 ``paper`` follows the paper and the authors' code (SPEC §3); ``smoke``/``cpu`` follow the
 calibration of SPEC §5 (3×100 ReLU MLP, SGD 0.01 and CBP ρ 1e-4 / maturity 100 / η 0.99 on
 PermutedMNIST; 5 ReLU units, SGD 0.01 on SlowRegression). Values that the paper does not give
-for a problem (e.g. Adam's step size on SlowRegression) are marked "ours" below. An unknown env
-id gets generic defaults inferred from the spaces.
+for a problem (e.g. Adam's step size on SlowRegression) are marked "ours" below.
+
+An env id must be one of :data:`ENV_IDS` (an unknown id is an error, so a typo never silently
+gets other defaults). Without an env id the defaults are inferred from the spaces: a regression
+stream (``Box`` actions) gets SlowRegression-v0's, a classification stream of flat 784-pixel
+inputs with 10 classes PermutedMNIST-v0's, and anything else generic ones (the 3×100 MLP, or the
+convnet for images of 20 pixels or more).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 from agents.config import deep_merge
 
-__all__ = ["AGENT_NAMES", "SCALES", "default_config", "defaults_table"]
+__all__ = ["AGENT_NAMES", "ENV_IDS", "SCALES", "default_config", "defaults_table"]
 
 AGENT_NAMES: tuple[str, ...] = (
     "backprop", "adam", "l2", "shrink-perturb", "dropout", "redo", "head-reset", "retrain",
@@ -119,6 +124,20 @@ _ENVS = {
 }
 
 
+ENV_IDS: tuple[str, ...] = tuple(_ENVS)
+"""The env ids with named defaults (``make_agent(..., env_id=...)`` accepts these)."""
+
+
+def _inferred_table(spec: dict[str, Any], scale: str) -> dict[str, dict]:
+    """Defaults for a stream known only by its spaces (no env id)."""
+    if spec.get("kind") == "regression":
+        return _slow_regression(scale)
+    if spec.get("kind") == "classification" and tuple(spec.get("x_shape", ())) == (784,) \
+            and spec.get("n_outputs") == 10:
+        return _permuted_mnist(scale)
+    return _generic(spec)
+
+
 def _strip_env_id(env_id: str) -> str:
     """Accept "plasticity_gym:PermutedMNIST-v0" as well as "PermutedMNIST-v0"."""
     return env_id.split(":")[-1]
@@ -133,9 +152,12 @@ def default_config(name: str, env_id: str | None, scale: str | None,
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
     env_key = _strip_env_id(env_id) if env_id is not None else None
-    table = _ENVS[env_key](scale) if env_key in _ENVS else _generic(spec)
+    if env_key is not None and env_key not in _ENVS:
+        raise ValueError(f"no reference defaults for env id {env_id!r}; known ids: "
+                         f"{', '.join(ENV_IDS)}; pass env_id=None to infer defaults from the spaces")
+    table = _ENVS[env_key](scale) if env_key is not None else _inferred_table(spec, scale)
     if name in table and table[name] is None:
-        raise ValueError(f"agent {name!r} is not defined on {env_key}")
+        raise ValueError(f"agent {name!r} is not defined on {env_key or 'this stream'}")
     cfg = copy.deepcopy(table["base"])
     if name == "head-reset":
         cfg["head_reset"] = table.get("head-reset", {}).get("head_reset", "zero")

@@ -97,3 +97,14 @@ def test_defaults_table_is_complete_and_valid():
     assert cifar["cbp"]["cbp"]["maturity"] == 1000 and cifar["cbp"]["cbp"]["replacement_rate"] == 1e-5
     assert cifar["backprop"]["network"]["width"] == 64 and "dropout" not in cifar
     assert set(table[("PermutedMNIST-v0", "cpu")]) == set(AGENT_NAMES)
+
+
+def test_cbp_and_redo_on_one_network_are_rejected():
+    with pytest.raises(ValueError, match="cbp and redo"):
+        LearnerConfig.from_dict({"cbp": {}, "redo": {}})
+
+
+def test_next_layer_bias_correction_is_off_by_default_and_validated():
+    assert CBPConfig().next_layer_bias_correction is False
+    with pytest.raises(ValueError, match="next_layer_bias_correction"):
+        CBPConfig.from_dict({"next_layer_bias_correction": "yes"})

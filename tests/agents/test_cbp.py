@@ -403,3 +403,75 @@ def test_state_of_the_earlier_flat_format_still_loads():
         assert cbp.stats[n].eligible_counts()[0] == np.count_nonzero(ages > 5)
         assert cbp.to_replace[n] == 0.25 and cbp.replacements[n] == 3
         torch.testing.assert_close(cbp.utility[n], torch.full((g.n_units,), 0.5))
+
+
+def _sigmoid_net_after_replacement(bias_correction: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A sigmoid MLP whose statistics were gathered over 300 forwards of one input
+    distribution, then exactly one unit of its first layer replaced. Returns the outputs on a
+    fresh batch of that distribution before and after, and the replaced units."""
+    net = MLP(8, [16, 12], 3, activation="sigmoid", generator=torch.Generator().manual_seed(0))
+    n_units = 16
+    config = CBPConfig(replacement_rate=0.0, maturity=10, next_layer_bias_correction=bias_correction)
+    cbp = ContinualBackprop(net.cbp_groups(), config, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        net(torch.rand(32, 8, generator=g))  # hooks capture the training forward's activations
+        cbp.step()
+    # One replacement is due at the next step in the first layer (ρ·|eligible| = 16/16) and
+    # none in the second (12/16 < 1).
+    cbp.config = CBPConfig(replacement_rate=1.0 / n_units, maturity=10,
+                           next_layer_bias_correction=bias_correction)
+    x = torch.rand(32, 8, generator=g)
+    net(x)
+    with torch.no_grad():
+        before = net(torch.rand(4096, 8, generator=torch.Generator().manual_seed(2)))
+    replaced = cbp.step()
+    with torch.no_grad():
+        after = net(torch.rand(4096, 8, generator=torch.Generator().manual_seed(2)))
+    return before, after, replaced.get("layers.0", [])
+
+
+def test_next_layer_bias_correction_keeps_the_expected_output():
+    """On a sigmoid MLP (activations far from zero on average), replacing a live unit shifts the
+    outputs by its contribution; with the next-layer bias correction its mean is kept, so the
+    outputs move much less, and their mean hardly at all."""
+    before_off, after_off, replaced_off = _sigmoid_net_after_replacement(False)
+    before_on, after_on, replaced_on = _sigmoid_net_after_replacement(True)
+    assert replaced_off == replaced_on and len(replaced_on) == 1
+    torch.testing.assert_close(before_off, before_on)
+    move_off = (after_off - before_off).abs().mean()
+    move_on = (after_on - before_on).abs().mean()
+    assert move_off > 1e-3  # the replaced unit was live
+    assert move_on < 0.5 * move_off
+    mean_shift_off = (after_off - before_off).mean(0).abs().max()
+    mean_shift_on = (after_on - before_on).mean(0).abs().max()
+    assert mean_shift_on < 0.1 * mean_shift_off
+
+
+def test_next_layer_bias_correction_adds_the_corrected_mean_times_the_outgoing_weights():
+    """By hand: consumer bias += w_out[:, i] · ĥ_i / (1 − η^age_i) before w_out[:, i] is zeroed."""
+    net = MLP(4, [5], 2, activation="sigmoid", generator=torch.Generator().manual_seed(0))
+    config = CBPConfig(replacement_rate=0.0, maturity=2, decay=0.9, next_layer_bias_correction=True)
+    cbp = ContinualBackprop(net.cbp_groups(), config, generator=torch.Generator().manual_seed(5))
+    xs = [torch.rand(3, 4, generator=torch.Generator().manual_seed(k)) for k in range(6)]
+    mean = torch.zeros(5)
+    for x in xs:
+        net(x)
+        cbp.step()
+        with torch.no_grad():
+            mean = 0.9 * mean + 0.1 * torch.sigmoid(net.layers[0](x)).mean(0)
+    stats = cbp.stats["layers.0"]
+    idx = torch.tensor([1, 3])
+    expected = stats.expected_values(0, idx)
+    torch.testing.assert_close(expected, mean[idx] / (1 - 0.9 ** 6))
+    w_out = net.head.weight.detach().clone()
+    bias = net.head.bias.detach().clone()
+    reinit_units(net.cbp_groups()[0], idx, optimizer=None, generator=torch.Generator().manual_seed(0),
+                 unit_means=expected)
+    torch.testing.assert_close(net.head.bias.detach(), bias + w_out[:, idx] @ expected)
+    assert torch.all(net.head.weight[:, idx] == 0)
+
+
+def test_expected_values_are_none_without_the_correction():
+    stats = ContinualBackprop(_mlp().cbp_groups(), CBPConfig()).stats["layers.0"]
+    assert stats.expected_values(0, torch.tensor([0])) is None

@@ -151,3 +151,30 @@ def test_numpy_and_torch_fast_paths_agree(name):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     if name == "cbp":
         assert a.cbp.replacements == b.cbp.replacements
+
+
+def test_unknown_env_id_is_an_error_naming_the_known_ids():
+    from agents import ENV_IDS
+
+    obs, act = reg_spaces()
+    with pytest.raises(ValueError, match="PermutedMNIST-v0.*env_id=None"):
+        make_agent("cbp", obs, act, env_id="PermutedMnist-v0")
+    assert "SlowRegression-v0" in ENV_IDS
+
+
+@pytest.mark.parametrize("env_id", ["SlowRegression-v0", "PermutedMNIST-v0"])
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_without_an_env_id_each_built_env_gets_its_own_defaults_from_its_spaces(env_id, scale):
+    import gymnasium as gym
+
+    import plasticity_gym  # noqa: F401  (registers the ids)
+    from agents import resolve_config
+
+    # (the embedded digits stand in for full MNIST at the paper scale: only the spaces matter)
+    env = gym.make(env_id, scale=scale, **({"data": "embedded"} if env_id == "PermutedMNIST-v0" else {}))
+    obs, act = env.observation_space, env.action_space
+    for name in ("backprop", "cbp", "adam"):
+        inferred = resolve_config(name, obs, act, scale=scale)
+        named = resolve_config(name, obs, act, env_id=env_id, scale=scale)
+        assert inferred == named, (name, inferred.network, named.network)
+    env.close()
