@@ -1,11 +1,17 @@
-"""Env-only throughput of the supervised streams (a benchmark: it prints, it asserts nothing).
+"""Env-only throughput of the environments (a benchmark: it prints, it asserts nothing).
 
-For each env at its default (``cpu``) scale: examples per second with a constant valid action,
-unwrapped and through ``gym.make`` (Gymnasium's default wrappers), at batch size 1 and larger,
-and through the native vector env. Targets on a 2-core machine (issue 2): PermutedMNIST
->= 100,000 examples/s unwrapped at batch 1, SlowRegression >= 200,000.
+For each supervised stream at its default (``cpu``) scale: examples per second with a constant
+valid action, unwrapped and through ``gym.make`` (Gymnasium's default wrappers), at batch size 1
+and larger, and through the native vector env. Targets on a 2-core machine (issue 2):
+PermutedMNIST >= 100,000 examples/s unwrapped at batch 1, SlowRegression >= 200,000.
 
-    python bench/envs.py [--seconds 2]
+Then AntFriction-v0 beside plain Ant-v5 in the same run, all through ``gym.make`` with the same
+fixed sequence of random actions, measured in alternating rounds so that machine noise hits
+them alike: at μ = 1.0 (Ant's own friction, hence Ant-v5's physics: the env's own cost; target
+(issue 12) at least 95% of Ant-v5's steps per second) and on the ``smoke`` schedule (friction
+changes during the measurement; MuJoCo's cost per step itself depends on μ).
+
+    python bench/envs.py [--seconds 2] [--only supervised|ant]
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import plasticity_gym  # noqa: E402,F401
 
 TARGETS = {"PermutedMNIST-v0": 100_000, "SlowRegression-v0": 200_000}
+ANT_TARGET_RATIO = 0.95  # AntFriction-v0 steps/s over Ant-v5 steps/s
+ANT_ROUNDS = 6
 
 
 def constant_action(env) -> np.ndarray:
@@ -50,13 +58,89 @@ def examples_per_second(env, examples_per_step: int, seconds: float) -> float:
             return steps * examples_per_step / elapsed
 
 
+class EpisodicRunner:
+    """Steps an episodic env with a fixed action sequence, resetting at every episode end."""
+
+    def __init__(self, env: gym.Env, actions: np.ndarray):
+        self.env, self.actions = env, actions
+        env.reset(seed=0)
+        self.i = 0
+        self.steps, self.elapsed = 0, 0.0
+        self.run(2000)  # warm up
+        self.steps, self.elapsed = 0, 0.0
+
+    def run(self, n_steps: int) -> None:
+        step, reset, actions, n = self.env.step, self.env.reset, self.actions, len(self.actions)
+        i = self.i
+        start = time.perf_counter()
+        for _ in range(n_steps):
+            _, _, terminated, truncated, _ = step(actions[i])
+            i = i + 1 if i + 1 < n else 0
+            if terminated or truncated:
+                reset()
+        self.elapsed += time.perf_counter() - start
+        self.steps += n_steps
+        self.i = i
+
+    @property
+    def rate(self) -> float:
+        return self.steps / self.elapsed
+
+
+def bench_ant(seconds: float) -> None:
+    """AntFriction-v0 and Ant-v5 in alternating rounds; prints steps/s and the ratios.
+
+    The target compares AntFriction-v0 at μ = 1.0 (Ant's own friction: the very same physics,
+    trajectory and episode ends as Ant-v5) with Ant-v5, so that it measures the env's own cost.
+    The scheduled row is informative: MuJoCo's cost per step depends on μ (sliding contacts
+    solve differently) and the episodes end elsewhere, so it differs from Ant-v5 either way.
+    """
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(4096, 8)).astype(np.float32)
+    runners = {
+        ("Ant-v5", "gym.make"): EpisodicRunner(gym.make("Ant-v5"), actions),
+        ("AntFriction-v0", "gym.make, friction=1.0"): EpisodicRunner(
+            gym.make("AntFriction-v0", friction=1.0), actions),
+        ("AntFriction-v0", "gym.make, smoke schedule"): EpisodicRunner(
+            gym.make("AntFriction-v0", scale="smoke"), actions),
+    }
+    reference = runners["Ant-v5", "gym.make"]
+    reference.run(500)
+    per_round = max(500, int(500 * seconds / ANT_ROUNDS / reference.elapsed))
+    reference.steps, reference.elapsed = 0, 0.0
+    rounds: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    for _ in range(ANT_ROUNDS):
+        for key, runner in runners.items():
+            before_steps, before_elapsed = runner.steps, runner.elapsed
+            runner.run(per_round)
+            rounds[key].append((runner.steps - before_steps) / (runner.elapsed - before_elapsed))
+    print(f"\n{'env':<19} {'how':<26} {'steps/s':>10} {'of Ant-v5':>10} {'median round':>13}  target")
+    for key, runner in runners.items():
+        ratio = runner.rate / reference.rate
+        median_ratio = float(np.median(np.array(rounds[key]) / np.array(rounds["Ant-v5", "gym.make"])))
+        mark = ""
+        if key[1].endswith("friction=1.0"):
+            met = "met" if ratio >= ANT_TARGET_RATIO else "NOT met"
+            mark = f">= {ANT_TARGET_RATIO:.0%} of Ant-v5: {met}"
+        print(f"{key[0]:<19} {key[1]:<26} {runner.rate:>10,.0f} {ratio:>10.1%} {median_ratio:>13.1%}  {mark}")
+        runner.env.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per row")
+    parser.add_argument("--only", choices=["supervised", "ant"], default=None,
+                        help="run one part only (default: both)")
     args = parser.parse_args()
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, gymnasium {gym.__version__}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    if args.only != "ant":
+        bench_supervised(args.seconds)
+    if args.only != "supervised":
+        bench_ant(args.seconds)
+
+
+def bench_supervised(seconds: float) -> None:
     print(f"{'env':<19} {'how':<26} {'batch':>5} {'examples/s':>12} {'steps/s':>10}  target")
     for env_id, target in TARGETS.items():
         rows = [
@@ -72,7 +156,7 @@ def main() -> None:
         ]
         for how, batch, factory, n_envs in rows:
             env = factory(batch)
-            rate = examples_per_second(env, batch * n_envs, args.seconds)
+            rate = examples_per_second(env, batch * n_envs, seconds)
             mark = ""
             if how == "unwrapped" and batch == 1:
                 mark = f">= {target:,}: {'met' if rate >= target else 'NOT met'}"

@@ -2,39 +2,57 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import gymnasium as gym
 
-# id -> (entry point, native vector entry point or None)
-_ENTRY_POINTS: dict[str, tuple[str, str | None]] = {
-    "PermutedMNIST-v0": (
+
+class _Entry(NamedTuple):
+    entry_point: str
+    vector_entry_point: str | None = None
+    # None: the env knows its own length (the supervised streams, SPEC §1), no TimeLimit.
+    max_episode_steps: int | None = None
+    episodic: bool = False  # an RL env with episodes (not the supervised-stream protocol)
+
+
+_ENTRIES: dict[str, _Entry] = {
+    "PermutedMNIST-v0": _Entry(
         "plasticity_gym.envs.permuted_mnist:PermutedMNISTEnv",
         "plasticity_gym.envs.vector:PermutedMNISTVectorEnv",
     ),
-    "SlowRegression-v0": (
+    "SlowRegression-v0": _Entry(
         "plasticity_gym.envs.slow_regression:SlowRegressionEnv",
         "plasticity_gym.envs.vector:SlowRegressionVectorEnv",
     ),
-    "ContinualImageNet-v0": ("plasticity_gym.envs.unbuilt:make_continual_imagenet", None),
-    "ClassIncCIFAR100-v0": ("plasticity_gym.envs.unbuilt:make_class_inc_cifar100", None),
-    "AntFriction-v0": ("plasticity_gym.envs.unbuilt:make_ant_friction", None),
+    "ContinualImageNet-v0": _Entry("plasticity_gym.envs.unbuilt:make_continual_imagenet"),
+    "ClassIncCIFAR100-v0": _Entry("plasticity_gym.envs.unbuilt:make_class_inc_cifar100"),
+    # 1,000-step episodes, as Ant-v5 (the TimeLimit wrapper of gym.make).
+    "AntFriction-v0": _Entry(
+        "plasticity_gym.envs.ant_friction:AntFrictionEnv", max_episode_steps=1000, episodic=True
+    ),
 }
 
-ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)
+ENV_IDS: tuple[str, ...] = tuple(_ENTRIES)
 # Ids whose environment exists; the others fail with EnvNotBuiltError until their issue lands.
 BUILT_ENV_IDS: tuple[str, ...] = tuple(
-    env_id for env_id, (entry_point, _) in _ENTRY_POINTS.items() if ".unbuilt:" not in entry_point
+    env_id for env_id, entry in _ENTRIES.items() if ".unbuilt:" not in entry.entry_point
 )
+# Built ids that follow the supervised-stream protocol (one endless episode, info["target"]).
+SUPERVISED_ENV_IDS: tuple[str, ...] = tuple(
+    env_id for env_id in BUILT_ENV_IDS if not _ENTRIES[env_id].episodic
+)
+# Built reinforcement-learning ids: ordinary episodes, reward from the task, no targets.
+EPISODIC_ENV_IDS: tuple[str, ...] = tuple(env_id for env_id in BUILT_ENV_IDS if _ENTRIES[env_id].episodic)
 
 
 def register_envs() -> None:
     """Register every id (idempotent: an id already registered is left alone)."""
-    for env_id, (entry_point, vector_entry_point) in _ENTRY_POINTS.items():
+    for env_id, entry in _ENTRIES.items():
         if env_id in gym.registry:
             continue
         gym.register(
             id=env_id,
-            entry_point=entry_point,
-            vector_entry_point=vector_entry_point,
-            # The streams know their own length (SPEC §1): no TimeLimit wrapper.
-            max_episode_steps=None,
+            entry_point=entry.entry_point,
+            vector_entry_point=entry.vector_entry_point,
+            max_episode_steps=entry.max_episode_steps,
         )

@@ -10,7 +10,7 @@ import pytest
 
 import plasticity_gym
 from plasticity_gym.envs.unbuilt import EnvNotBuiltError
-from plasticity_gym.registration import BUILT_ENV_IDS, ENV_IDS
+from plasticity_gym.registration import BUILT_ENV_IDS, ENV_IDS, EPISODIC_ENV_IDS, SUPERVISED_ENV_IDS
 
 
 def test_all_five_ids_registered():
@@ -22,8 +22,23 @@ def test_all_five_ids_registered():
 
 @pytest.mark.parametrize("env_id", sorted(set(ENV_IDS) - set(BUILT_ENV_IDS)))
 def test_unbuilt_ids_fail_clearly(env_id):
-    with pytest.raises(EnvNotBuiltError, match=f"{env_id} is registered but not built"):
+    with pytest.raises(EnvNotBuiltError, match=f"{env_id} is registered but not built.*Available now: "
+                                               + ", ".join(BUILT_ENV_IDS)):
         gym.make(env_id)
+
+
+def test_built_ids_are_supervised_or_episodic():
+    assert set(SUPERVISED_ENV_IDS).isdisjoint(EPISODIC_ENV_IDS)
+    assert set(SUPERVISED_ENV_IDS) | set(EPISODIC_ENV_IDS) == set(BUILT_ENV_IDS)
+    assert "AntFriction-v0" in EPISODIC_ENV_IDS
+
+
+def test_episode_lengths():
+    # The supervised streams know their own length (no TimeLimit); the Ant runs 1,000-step episodes.
+    for env_id in SUPERVISED_ENV_IDS:
+        assert gym.spec(env_id).max_episode_steps is None
+    assert gym.spec("AntFriction-v0").max_episode_steps == 1000
+    assert gym.make("AntFriction-v0").spec.max_episode_steps == gym.spec("Ant-v5").max_episode_steps
 
 
 def test_make_with_module_prefix_in_fresh_interpreter():

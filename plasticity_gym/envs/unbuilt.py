@@ -14,9 +14,11 @@ class EnvNotBuiltError(NotImplementedError):
 
 
 def _not_built(env_id: str, what: str) -> NoReturn:
+    from plasticity_gym.registration import BUILT_ENV_IDS
+
     raise EnvNotBuiltError(
         f"{env_id} is registered but not built yet in this version of plasticity-gym "
-        f"({what}). Available now: PermutedMNIST-v0, SlowRegression-v0."
+        f"({what}). Available now: {', '.join(BUILT_ENV_IDS)}."
     )
 
 
@@ -26,7 +28,3 @@ def make_continual_imagenet(**_kwargs) -> NoReturn:
 
 def make_class_inc_cifar100(**_kwargs) -> NoReturn:
     _not_built("ClassIncCIFAR100-v0", "the class-incremental CIFAR-100 stream")
-
-
-def make_ant_friction(**_kwargs) -> NoReturn:
-    _not_built("AntFriction-v0", "MuJoCo Ant-v5 with a changing friction schedule")

@@ -1,4 +1,7 @@
-"""The supervised-stream protocol (SPEC §1, design.md §1) on every built registered id."""
+"""The supervised-stream protocol (SPEC §1, design.md §1) on every built supervised id.
+
+Episodic RL ids (AntFriction-v0) have their own tests: tests/envs/test_env_ant_friction.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from gymnasium.utils.env_checker import check_env
 
 import plasticity_gym  # noqa: F401  (registers the ids)
 from plasticity_gym.envs.stream import StreamEndedError
-from plasticity_gym.registration import BUILT_ENV_IDS
+from plasticity_gym.registration import BUILT_ENV_IDS, EPISODIC_ENV_IDS, SUPERVISED_ENV_IDS
 
 # Small streams: a few tasks of a few hundred examples.
 SMALL = {
@@ -44,19 +47,21 @@ def rollout(env: gym.Env, seed: int | None, n_steps: int):
     return np.stack(observations), np.stack(targets), np.array(rewards)
 
 
-def test_built_ids_are_the_supervised_ones():
-    assert set(BUILT_ENV_IDS) == set(SMALL)
+def test_built_ids_are_the_supervised_ones_and_the_episodic_ones():
+    assert set(SUPERVISED_ENV_IDS) == set(SMALL)
+    assert set(EPISODIC_ENV_IDS) == {"AntFriction-v0"}
+    assert set(BUILT_ENV_IDS) == set(SUPERVISED_ENV_IDS) | set(EPISODIC_ENV_IDS)
 
 
 @pytest.mark.filterwarnings("ignore:.*(different from the unwrapped|symmetric and normalized).*")
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_check_env_unwrapped_and_made(env_id):
     env = make(env_id)
     check_env(env.unwrapped, skip_render_check=True)
     check_env(env, skip_render_check=True)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_same_seed_same_stream_different_seed_differs(env_id):
     a, b, c = make(env_id), make(env_id), make(env_id)
     obs_a, y_a, r_a = rollout(a, 3, 450)
@@ -69,7 +74,7 @@ def test_same_seed_same_stream_different_seed_differs(env_id):
     assert not np.array_equal(y_a, y_c)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_reset_without_seed_continues(env_id):
     straight = make(env_id)
     obs_all, y_all, _ = rollout(straight, 11, 300)
@@ -81,7 +86,7 @@ def test_reset_without_seed_continues(env_id):
     np.testing.assert_array_equal(np.concatenate([y_1, y_2]), y_all)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_batch_size_does_not_change_the_stream(env_id):
     _, y_single, _ = rollout(make(env_id), 5, 400)
     batched = make(env_id, batch_size=8)
@@ -94,7 +99,7 @@ def test_batch_size_does_not_change_the_stream(env_id):
     np.testing.assert_array_equal(np.concatenate(targets), y_single.reshape(-1))
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_pickle_round_trip_continues_identically(env_id):
     env = make(env_id).unwrapped
     rollout(env, 2, 77)
@@ -106,7 +111,7 @@ def test_pickle_round_trip_continues_identically(env_id):
     np.testing.assert_array_equal(r_a, r_b)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_info_keys_and_task_schedule(env_id):
     env = make(env_id)
     unwrapped = env.unwrapped
@@ -132,13 +137,13 @@ def test_info_keys_and_task_schedule(env_id):
     assert info["task_id"] == 0 and unwrapped.position == 0
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_step_before_reset_is_a_clear_error(env_id):
     with pytest.raises(StreamEndedError, match="reset"):
         make(env_id).unwrapped.step(np.zeros(1, dtype=np.int64))
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_sync_vectorization(env_id):
     vec = gym.make_vec(env_id, num_envs=3, vectorization_mode="sync", scale="smoke", **SMALL[env_id])
     obs, info = vec.reset(seed=7)
@@ -151,7 +156,7 @@ def test_sync_vectorization(env_id):
     vec.close()
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_probe_batch_is_deterministic_and_leaves_the_stream(env_id):
     env = make(env_id).unwrapped
     env.reset(seed=1)
@@ -172,7 +177,7 @@ def test_probe_batch_is_deterministic_and_leaves_the_stream(env_id):
     np.testing.assert_array_equal(y_a, y_b)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_scales_resolve_and_override(env_id):
     env_class = type(make(env_id).unwrapped)
     for scale in ("smoke", "cpu", "paper"):
@@ -192,7 +197,7 @@ def test_scales_resolve_and_override(env_id):
     }
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_unknown_kwarg_or_scale_is_rejected(env_id):
     with pytest.raises(ValueError, match="unknown keyword.*valid ones.*batch_size"):
         gym.make(env_id, scale="smoke", bogus=1)
@@ -202,7 +207,7 @@ def test_unknown_kwarg_or_scale_is_rejected(env_id):
         make(env_id, batch_size=7)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_bad_actions_are_rejected_clearly(env_id):
     env = make(env_id, batch_size=2)
     env.reset(seed=0)
@@ -232,7 +237,7 @@ def test_out_of_bounds_regression_prediction_is_scored_as_is():
     assert reward == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("env_id", BUILT_ENV_IDS)
+@pytest.mark.parametrize("env_id", SUPERVISED_ENV_IDS)
 def test_rewards_score_the_batch_just_shown(env_id):
     env = make(env_id, batch_size=4)
     obs, _ = env.reset(seed=9)
