@@ -11,7 +11,13 @@ them alike: at μ = 1.0 (Ant's own friction, hence Ant-v5's physics: the env's o
 (issue 12) at least 95% of Ant-v5's steps per second) and on the ``smoke`` schedule (friction
 changes during the measurement; MuJoCo's cost per step itself depends on μ).
 
-    python bench/envs.py [--seconds 2] [--only supervised|ant]
+Then the vision streams (issue 11): the cost of producing one batch — a ``step`` of the
+unwrapped env at the ``cpu`` scale, training batches with augmentation for CIFAR, chunk generation
+included — beside the cost of one SGD step of the paper's network on a batch of that size
+(ContinualImageNet: the convnet at batch 100; ClassIncCIFAR100: ResNet-18 at batch 90), both in
+this process. Target: a batch costs under a tenth of an SGD step.
+
+    python bench/envs.py [--seconds 2] [--only supervised|ant|vision]
 """
 
 from __future__ import annotations
@@ -128,16 +134,18 @@ def bench_ant(seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per row")
-    parser.add_argument("--only", choices=["supervised", "ant"], default=None,
+    parser.add_argument("--only", choices=["supervised", "ant", "vision"], default=None,
                         help="run one part only (default: both)")
     args = parser.parse_args()
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, gymnasium {gym.__version__}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    if args.only != "ant":
+    if args.only in (None, "supervised"):
         bench_supervised(args.seconds)
-    if args.only != "supervised":
+    if args.only in (None, "ant"):
         bench_ant(args.seconds)
+    if args.only in (None, "vision"):
+        bench_vision(args.seconds)
 
 
 def bench_supervised(seconds: float) -> None:
@@ -162,6 +170,89 @@ def bench_supervised(seconds: float) -> None:
                 mark = f">= {target:,}: {'met' if rate >= target else 'NOT met'}"
             print(f"{env_id:<19} {how:<26} {batch:>5} {rate:>12,.0f} {rate / batch / n_envs:>10,.0f}  {mark}")
             env.close()
+
+
+VISION_TARGET_RATIO = 0.1  # one batch over one SGD step of the reference network
+
+
+def seconds_per_call(call, seconds: float, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        call()
+    calls, start = 0, time.perf_counter()
+    while True:
+        call()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and calls >= 5:
+            return elapsed / calls
+
+
+def sgd_step_seconds(network, batch: int, n_classes: int, seconds: float) -> float:
+    """Seconds per forward + backward + SGD-with-momentum step of ``network`` on one batch."""
+    import torch
+
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, n_classes, (batch,))
+
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(network(x), y).backward()
+        optimizer.step()
+
+    return seconds_per_call(step, seconds)
+
+
+def env_step_seconds(env, phase: str, seconds: float) -> float:
+    """Seconds per ``step`` of the unwrapped env, counting only steps whose scored batch is in ``phase``."""
+    env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, dtype=np.int64)
+    step = env.step
+    for _ in range(20):
+        step(action)
+    elapsed, steps, start = 0.0, 0, time.perf_counter()
+    while elapsed < seconds or steps < 20:
+        t0 = time.perf_counter()
+        _, _, _, truncated, info = step(action)
+        t1 = time.perf_counter()
+        if info["phase"] == phase:
+            elapsed += t1 - t0
+            steps += 1
+        if truncated:
+            env.reset()
+        if t1 - start > 20 * seconds:
+            break
+    return elapsed / max(steps, 1)
+
+
+def bench_vision(seconds: float) -> None:
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from agents.networks import ConvNet, ResNet18
+
+    rows = [
+        ("ContinualImageNet-v0", {}, "convnet, batch 100", lambda: ConvNet(2), 2),
+        ("ClassIncCIFAR100-v0", {}, "ResNet-18, batch 90", lambda: ResNet18(100, active_outputs=100), 100),
+        ("ClassIncCIFAR100-v0", {"augment": False}, "ResNet-18, batch 90", lambda: ResNet18(100, active_outputs=100),
+         100),
+    ]
+    threads_label = f"sgd {torch.get_num_threads()} thr ms"
+    print(f"\n{'env (cpu scale)':<40} {'batch ms':>9} {'sgd 1 thr ms':>13} {threads_label:>12} {'ratio':>7}  target")
+    for env_id, kwargs, net_name, build, n_classes in rows:
+        env = gym.make(env_id, **kwargs).unwrapped
+        batch = env_step_seconds(env, "train", seconds)
+        threads = torch.get_num_threads()
+        network = build()
+        sgd_default = sgd_step_seconds(network, env.batch_size, n_classes, seconds)
+        torch.set_num_threads(1)
+        sgd_one = sgd_step_seconds(network, env.batch_size, n_classes, seconds)
+        torch.set_num_threads(threads)
+        ratio = batch / min(sgd_one, sgd_default)
+        name = env_id + (" (no augment)" if kwargs else " (train, augmented)" if "CIFAR" in env_id else " (train)")
+        met = "met" if ratio < VISION_TARGET_RATIO else "NOT met"
+        print(f"{name:<40} {batch * 1e3:>9.2f} {sgd_one * 1e3:>13.1f} {sgd_default * 1e3:>12.1f} {ratio:>7.3f}  "
+              f"< {VISION_TARGET_RATIO} of the faster SGD step ({net_name}): {met}")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ _ENTRIES: dict[str, _Entry] = {
         "plasticity_gym.envs.slow_regression:SlowRegressionEnv",
         "plasticity_gym.envs.vector:SlowRegressionVectorEnv",
     ),
-    "ContinualImageNet-v0": _Entry("plasticity_gym.envs.unbuilt:make_continual_imagenet"),
-    "ClassIncCIFAR100-v0": _Entry("plasticity_gym.envs.unbuilt:make_class_inc_cifar100"),
+    "ContinualImageNet-v0": _Entry("plasticity_gym.envs.continual_imagenet:ContinualImageNetEnv"),
+    "ClassIncCIFAR100-v0": _Entry("plasticity_gym.envs.class_inc_cifar100:ClassIncCIFAR100Env"),
     # 1,000-step episodes, as Ant-v5 (the TimeLimit wrapper of gym.make).
     "AntFriction-v0": _Entry(
         "plasticity_gym.envs.ant_friction:AntFrictionEnv", max_episode_steps=1000, episodic=True

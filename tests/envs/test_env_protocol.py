@@ -17,10 +17,15 @@ import plasticity_gym  # noqa: F401  (registers the ids)
 from plasticity_gym.envs.stream import StreamEndedError
 from plasticity_gym.registration import BUILT_ENV_IDS, EPISODIC_ENV_IDS, SUPERVISED_ENV_IDS
 
-# Small streams: a few tasks of a few hundred examples.
+# Small streams: a few tasks of a few hundred examples. The vision streams at batch size 1 here
+# (their phases' sizes are multiples of 8, so the batch sizes these tests try fill every batch).
 SMALL = {
     "PermutedMNIST-v0": {"n_tasks": 3, "examples_per_task": 200},
     "SlowRegression-v0": {"n_examples": 600, "flip_interval": 200},
+    "ContinualImageNet-v0": {"batch_size": 1, "n_tasks": 3, "epochs": 2, "train_per_class": 40,
+                             "test_per_class": 12},
+    "ClassIncCIFAR100-v0": {"batch_size": 1, "n_increments": 2, "epochs": 2, "train_per_class": 16,
+                            "val_per_class": 8, "test_per_class": 8},
 }
 
 
@@ -31,9 +36,10 @@ def make(env_id: str, **kwargs):
 def predict(env: gym.Env, obs: np.ndarray) -> np.ndarray:
     """A deterministic prediction that depends on the observation."""
     unwrapped = env.unwrapped
+    flat = obs.reshape(obs.shape[0], -1)
     if unwrapped.task_kind == "classification":
-        return (obs.sum(axis=1) * 7).astype(np.int64) % unwrapped.n_classes
-    return obs.sum(axis=1).astype(np.float32)
+        return (np.abs(flat.sum(axis=1)) * 7).astype(np.int64) % unwrapped.n_classes
+    return flat.sum(axis=1).astype(np.float32)
 
 
 def rollout(env: gym.Env, seed: int | None, n_steps: int):
@@ -115,21 +121,32 @@ def test_pickle_round_trip_continues_identically(env_id):
 def test_info_keys_and_task_schedule(env_id):
     env = make(env_id)
     unwrapped = env.unwrapped
-    per_task = unwrapped.examples_per_task
+    per_task = unwrapped.examples_per_task  # None: tasks of different lengths
     obs, info = env.reset(seed=0)
     assert info["task_id"] == 0 and info["task_boundary"] and info["phase"] == "train"
     assert info["next_task_id"] == 0 and info["next_task_boundary"] and info["next_phase"] == "train"
     assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
-    for step in range(unwrapped.n_tasks * per_task):
+    task, step_in_task, steps = 0, -1, 0
+    while True:
         obs, reward, terminated, truncated, info = env.step(predict(env, obs))
-        assert info["task_id"] == step // per_task
-        assert info["task_boundary"] == (step % per_task == 0)
-        assert info["step_in_task"] == step % per_task
-        assert info["next_task_boundary"] == ((step + 1) % per_task == 0 and not truncated)
+        boundary = info["task_id"] != task or steps == 0
+        task = info["task_id"]
+        step_in_task = 0 if boundary else step_in_task + 1
+        assert info["task_boundary"] == boundary
+        assert info["step_in_task"] == step_in_task
+        assert info["phase"] in ("train", "val", "test")
+        if per_task is not None:
+            assert info["task_id"] == steps // per_task
+            assert info["task_boundary"] == (steps % per_task == 0)
+            assert info["next_task_boundary"] == ((steps + 1) % per_task == 0 and not truncated)
         assert not terminated
-        assert truncated == (step == unwrapped.n_examples_total - 1)
         assert info["target"].shape == (1,)
-    assert truncated and info["next_task_id"] == unwrapped.n_tasks
+        steps += 1
+        if truncated:
+            break
+        assert info["next_task_boundary"] == (info["next_task_id"] != task)
+    assert steps == unwrapped.n_examples_total
+    assert truncated and info["next_task_id"] == unwrapped.n_tasks == task + 1
     with pytest.raises(StreamEndedError, match="reset"):
         env.step(predict(env, obs))
     # reset() after the end starts a new stream
@@ -184,7 +201,7 @@ def test_scales_resolve_and_override(env_id):
         config = env_class.resolve_config(scale)
         assert set(config) == set(env_class.default_config)
         assert all(config[key] == value for key, value in env_class.scales[scale].items())
-    env = gym.make(env_id, scale="smoke", batch_size=2, **SMALL[env_id])
+    env = gym.make(env_id, scale="smoke", **{**SMALL[env_id], "batch_size": 2})
     assert env.unwrapped.scale == "smoke"
     assert env.unwrapped.config["batch_size"] == 2 and env.unwrapped.batch_size == 2
     json.dumps(env.unwrapped.config)
@@ -221,7 +238,8 @@ def test_bad_actions_are_rejected_clearly(env_id):
         (np.array([np.inf, 0.0]), "non-finite|dtype"),
     ]
     if classification:
-        bad_actions += [(np.array([0, 10]), "out of range"), (np.array([-1, 0]), "out of range"),
+        n_classes = env.unwrapped.n_classes
+        bad_actions += [(np.array([0, n_classes]), "out of range"), (np.array([-1, 0]), "out of range"),
                         (np.array([0.0, 1.0]), "dtype")]
     for action, problem in bad_actions:
         with pytest.raises(ValueError, match=f"bad action.*({problem}).*expected"):
