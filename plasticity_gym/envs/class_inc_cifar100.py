@@ -9,7 +9,7 @@ import numpy as np
 
 from plasticity_gym.data.augment import Augmentation, augmentation_map, draw_augmentation, standardize_table, to_float
 from plasticity_gym.data.cifar100 import DATA_SOURCES, N_CLASSES, CifarSplits, load_cifar100
-from plasticity_gym.envs.continual_imagenet import IMAGE_SHAPE, PhasedStreamEnv
+from plasticity_gym.envs.phased import IMAGE_SHAPE, PhasedStreamEnv
 from plasticity_gym.envs.stream import ROLE_STRUCTURE, StreamEndedError
 
 
