@@ -45,17 +45,6 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
     return h.transpose(0, 1).reshape(h.shape[1], -1).mean(1)
 
 
-def _small_plain_linear(g: UnitGroup) -> bool:
-    """Read only by small plain CPU ``nn.Linear`` layers (their |w| sums are cheapest in numpy;
-    large ones are summed by torch, in cache-sized blocks on both cores)."""
-    return g.producer.weight.device.type == "cpu" and g.producer.weight.dtype == torch.float32 and all(
-        isinstance(c.module, torch.nn.Linear) and c.positions == 1 for c in g.consumers) and sum(
-        c.module.weight.numel() for c in g.consumers) <= _NUMPY_MAX_ELEMENTS
-
-
-_NUMPY_MAX_ELEMENTS = 1 << 16
-
-
 class ActivationCapture:
     """Forward hooks that keep the latest training-forward output of each group's activation."""
 
@@ -162,7 +151,7 @@ class ContinualBackprop:
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
-        groups = state["groups"] if "groups" in state else _groups_from_flat_state(state)
+        groups = state["groups"]
         for name, s in self.stats.items():
             s.load_state_dict(groups[name])
 
@@ -179,8 +168,7 @@ class ContinualBackprop:
         for g in self.groups:
             h = self.capture.get(activations, g.name)
             stats = self.stats[g.name]
-            plain = h.ndim == 2 and _small_plain_linear(g)
-            out_mag = _outgoing_magnitude_numpy(g) if plain else g.outgoing_magnitude()
+            out_mag = g.outgoing_magnitude()
             stats.update(h[None], out_mag[None], g.incoming_magnitude()[None] if adaptable else None)
             due = stats.due()
             if due:
@@ -192,22 +180,3 @@ class ContinualBackprop:
         if activations is None:
             self.capture.captured.clear()
         return replaced
-
-
-def _groups_from_flat_state(state: dict) -> dict[str, dict]:
-    """Per-group statistics from the state format of plasticity-gym 0.1 (flat dicts with births)."""
-    steps = int(state["steps"])
-    return {name: {"utility": u[None], "mean_act": state["mean_act"][name][None],
-                   "age": (steps - torch.as_tensor(state["births"][name]))[None],
-                   "to_replace": [state["to_replace"][name]],
-                   "replacements": [state["replacements"][name]]}
-            for name, u in state["utility"].items()}
-
-
-def _outgoing_magnitude_numpy(g: UnitGroup) -> np.ndarray:
-    """Σ_k |w_out,k| of a group read only by plain CPU ``nn.Linear`` layers, in numpy (several
-    times less per-call overhead than torch for the small layers this is used for)."""
-    out = np.abs(g.consumers[0].module.weight.detach().numpy()).sum(0)
-    for c in g.consumers[1:]:
-        out += np.abs(c.module.weight.detach().numpy()).sum(0)
-    return out

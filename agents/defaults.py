@@ -96,12 +96,12 @@ def _class_inc_cifar(scale: str) -> dict[str, dict]:
 
 
 def _generic(spec: dict[str, Any]) -> dict[str, dict]:
-    from agents.learners import _image_layout
+    from agents.networks import image_layout
 
     image = False
     if len(spec.get("x_shape", ())) == 3 and spec["kind"] == "classification":
         try:
-            image = _image_layout(spec["x_shape"])[1] >= 20  # the convnet needs ≥ 20 pixels
+            image = image_layout(spec["x_shape"])[1] >= 20  # the convnet needs ≥ 20 pixels
         except ValueError:
             image = False
     base = ({"network": {"kind": "convnet"}, "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}}

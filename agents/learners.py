@@ -4,7 +4,7 @@ Which method runs is decided by the :class:`~agents.config.LearnerConfig` sectio
 
 =================  ==========================================================================
 backprop           SGD (``optimizer.momentum`` optional)
-adam               ``optimizer.name = "adam"`` (betas configurable)
+adam               ``optimizer.name = "adam"`` (betas configurable; a step count per element)
 l2                 ``optimizer.weight_decay = λ``: λ·w added to the gradient
 shrink-perturb     ``shrink_perturb``: after each update w ← (1 − lr·λ)·w + σ·ε (seeded ε)
 dropout            ``network.dropout = p`` (seeded masks)
@@ -18,14 +18,20 @@ cbp                ``cbp``: continual backpropagation after each update
 The task kind follows the action space: ``MultiDiscrete`` → classification (cross-entropy),
 ``Box`` → regression (squared error, torch's ``mse_loss``). The learner predicts in ``act`` and,
 in a train phase, keeps that forward pass for ``observe`` (the online accuracy is the prediction
-made before learning, as in the paper). For an MLP without dropout it uses a hand-written
-backward pass and, for plain SGD, a single fused update: at batch size 1 autograd's bookkeeping
-costs more than the arithmetic.
+made before learning, as in the paper).
+
+Two engines, one set of math: MLP and linear agents that the learner core supports
+(:func:`agents.lockstep.lockstep_support`) run on it with one replica — the same code that
+trains many seeds in lockstep; the others (convnet, ResNet-18, dropout, task-boundary resets)
+train by ``torch.autograd`` with :class:`agents.optim.ReferenceOptimizer` (the same update
+functions), and :class:`agents.cbp.ContinualBackprop` / :class:`agents.redo.ReDo` on the
+network's unit groups.
 """
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Any
 
 import gymnasium as gym
@@ -35,70 +41,14 @@ import torch.nn.functional as F
 
 from agents.cbp import ContinualBackprop
 from agents.config import LearnerConfig
-from agents.networks import MLP, ConvNet, LinearNet, PlasticNetwork, ResNet18
+from agents.lockstep import LockstepLearner, lockstep_support
+from agents.networks import PlasticNetwork, ResNet18, build_network, resolve_device, task_spec
+from agents.optim import ReferenceOptimizer, shrink_perturb
 from agents.protocol import learning_phase, next_phase
 from agents.redo import ReDo
 from agents.units import reset_module_parameters, zero_optimizer_slices
 
 __all__ = ["SupervisedLearner", "build_network", "resolve_device", "task_spec"]
-
-
-_NUMPY_MAX_PARAMS = 50_000
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def task_spec(observation_space: gym.Space, action_space: gym.Space) -> dict[str, Any]:
-    """Batch size, per-example input shape, task kind and output count from the spaces."""
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) < 2:
-        raise ValueError("observation space must be a batch-first Box (batch, *x_shape)")
-    batch, *x_shape = observation_space.shape
-    if isinstance(action_space, gym.spaces.MultiDiscrete):
-        kind, n_out = "classification", int(np.max(action_space.nvec))
-    elif isinstance(action_space, gym.spaces.Discrete):
-        kind, n_out = "classification", int(action_space.n)
-    elif isinstance(action_space, gym.spaces.Box):
-        kind, n_out = "regression", 1
-    else:
-        raise ValueError(f"unsupported action space {action_space!r}: MultiDiscrete or Box")
-    return {"batch_size": int(batch), "x_shape": tuple(int(s) for s in x_shape), "kind": kind,
-            "n_outputs": n_out}
-
-
-def _image_layout(x_shape: tuple[int, ...]) -> tuple[int, int, bool]:
-    """(channels, side, channels_last) of an image input shape (C,H,W) or (H,W,C)."""
-    if len(x_shape) != 3:
-        raise ValueError(f"image networks need a 3-D input shape, got {x_shape}")
-    if x_shape[0] in (1, 3) and x_shape[1] == x_shape[2]:
-        return x_shape[0], x_shape[1], False
-    if x_shape[2] in (1, 3) and x_shape[0] == x_shape[1]:
-        return x_shape[2], x_shape[0], True
-    raise ValueError(f"cannot tell the channel axis of input shape {x_shape}")
-
-
-def build_network(config: LearnerConfig, spec: dict[str, Any],
-                  generator: torch.Generator | None) -> PlasticNetwork:
-    nc = config.network
-    n_in = int(np.prod(spec["x_shape"]))
-    n_out = spec["n_outputs"]
-    if nc.dropout > 0 and nc.kind not in ("mlp", "convnet"):
-        raise ValueError(f"network.dropout is only defined for mlp and convnet, not {nc.kind}")
-    if nc.kind == "mlp":
-        return MLP(n_in, nc.hidden, n_out, activation=nc.activation, leaky_slope=nc.leaky_slope,
-                   dropout=nc.dropout, generator=generator)
-    if nc.kind == "linear":
-        return LinearNet(n_in, n_out, generator=generator)
-    channels, side, last = _image_layout(spec["x_shape"])
-    if nc.kind == "convnet":
-        return ConvNet(n_out, in_channels=channels, image_size=side, channels_last=last,
-                       dropout=nc.dropout, generator=generator)
-    return ResNet18(n_out, width=nc.width, in_channels=channels, channels_last=last,
-                    generator=generator)
 
 
 class SupervisedLearner:
@@ -118,33 +68,68 @@ class SupervisedLearner:
         self.spec = task_spec(observation_space, action_space)
         if self.spec["kind"] == "regression" and config.network.kind == "resnet18":
             raise ValueError("resnet18 is a classification network")
+        self.boundaries_seen = 0
+        self._pending: tuple | None = None
+        # The learner core with one replica, when it supports the config (it is the faster one).
+        self.core = (LockstepLearner(name, config, observation_space, action_space, seeds=[self.seed],
+                                     device=device) if lockstep_support(config) is None else None)
+        self._network: PlasticNetwork | None = None
+        if self.core is None:
+            self._build_autograd()
+
+    def _build_autograd(self) -> None:
         # Construction draws from a CPU generator so a seed gives the same network on any device;
-        # later draws (CBP, ReDo, S&P noise, dropout, resets) use one on the compute device.
-        init_gen = torch.Generator().manual_seed(self.seed)
-        self.network = build_network(config, self.spec, init_gen).to(self.device)
+        # later draws (CBP, ReDo, dropout, resets) use one on the compute device.
+        self._network = build_network(self.config, self.spec, torch.Generator().manual_seed(self.seed)).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        for m in self.network.modules():
+        for m in self._network.modules():
             if hasattr(m, "generator") and isinstance(m, torch.nn.Module):
                 m.generator = self.generator  # seeded dropout
-        self.params = [p for p in self.network.parameters() if p.requires_grad]
-        self.optimizer = self._make_optimizer()
-        groups = self.network.cbp_groups()
-        self.cbp = (ContinualBackprop(groups, config.cbp, optimizer=self.optimizer,
-                                      generator=self.generator) if config.cbp else None)
-        self.redo = (ReDo(groups, config.redo, optimizer=self.optimizer, generator=self.generator)
-                     if config.redo else None)
-        self._groups = groups
-        self._fast = isinstance(self.network, MLP) and self.network.supports_manual_backward
-        # On CPU the same hand-written pass runs in numpy on views of the parameters: for tiny
-        # networks numpy's per-call overhead is several times smaller than torch's.
-        # (Measured: ~3× faster for the 5-unit SlowRegression learner, slower than torch for a
-        # 784-input 3×100 MLP, hence the size limit.)
-        n_params = sum(p.numel() for p in self.network.parameters())
-        self._numpy = self._fast and self.device.type == "cpu" and n_params <= _NUMPY_MAX_PARAMS
-        self._pending: tuple | None = None
-        self._activations: dict[str, Any] | None = None
-        self.boundaries_seen = 0
-        self.updates = 0
+        self.optimizer = ReferenceOptimizer(self.params, self.config.optimizer)
+        groups = self._network.cbp_groups()
+        self._cbp = (ContinualBackprop(groups, self.config.cbp, optimizer=self.optimizer,
+                                       generator=self.generator) if self.config.cbp else None)
+        self._redo = (ReDo(groups, self.config.redo, optimizer=self.optimizer, generator=self.generator)
+                      if self.config.redo else None)
+        self._updates = 0
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def network(self) -> PlasticNetwork:
+        """The network as an ``nn.Module``. On the learner core its parameters share memory with
+        the core's weights (pending deferred updates are folded in first)."""
+        if self.core is None:
+            return self._network
+        if self._network is None:
+            net = build_network(self.config, self.spec, torch.Generator().manual_seed(self.seed)).to(self.device)
+            lins = [*getattr(net, "layers", []), net.head]
+            for lin, w, b in zip(lins, self.core.weights, self.core.biases):
+                lin.weight, lin.bias = torch.nn.Parameter(w[0]), torch.nn.Parameter(b[0])
+            self._network = net
+        self.core.flush()
+        return self._network
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+    @property
+    def updates(self) -> int:
+        return self.core.updates if self.core is not None else self._updates
+
+    @property
+    def cbp(self) -> ContinualBackprop | SimpleNamespace | None:
+        """CBP's state: on the learner core a read-only view (``replacements``, ``steps``)."""
+        if self.core is None or self.core.cbp is None:
+            return self._cbp if self.core is None else None
+        return SimpleNamespace(replacements=self.core.unit_replacements("cbp"), steps=self.core.updates)
+
+    @property
+    def redo(self) -> ReDo | SimpleNamespace | None:
+        """ReDo's state: on the learner core a read-only view (``replacements``)."""
+        if self.core is None or self.core.redo_sums is None:
+            return self._redo if self.core is None else None
+        return SimpleNamespace(replacements=self.core.unit_replacements("redo"))
 
     # -- protocol ------------------------------------------------------------------------------
     @property
@@ -153,23 +138,28 @@ class SupervisedLearner:
 
     def act(self, observation: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         info = info or {}
+        if self.core is not None:  # the core takes (replicas, batch, *x): one replica
+            batched = np.asarray(observation)[None]
+            self._pending = (observation, batched)
+            return self.core.act(batched, info)[0]
         if self.uses_task_boundaries and info.get("next_task_boundary", False):
             self._on_task_boundary()
         self._maybe_grow(info)
         x = self._tensor(observation)
         if next_phase(info) == "train":
             self._set_training(True)
-            out, cache = self._forward_train(x)
-            self._pending = (observation, out, cache)
+            with torch.enable_grad():
+                out = self._network(x)
+            self._pending = (observation, out)
         else:
             self._pending = None
             self._set_training(False)
-            if self._numpy:
-                out, _ = self.network.forward_numpy(x)
-            else:
-                with torch.no_grad():
-                    out = self.network(x)
-        return self._to_action(out)
+            with torch.no_grad():
+                out = self._network(x)
+        out = out.detach()
+        if self.spec["kind"] == "classification":
+            return out.argmax(1).cpu().numpy().astype(np.int64)
+        return out[:, 0].cpu().numpy().astype(np.float32)
 
     def observe(self, observation: np.ndarray, action: np.ndarray, reward: float,
                 info: dict[str, Any]) -> None:
@@ -178,47 +168,57 @@ class SupervisedLearner:
             return
         if "target" not in info:
             raise KeyError("observe: info has no 'target' in a train phase")
-        if pending is None or not (pending[0] is observation or np.array_equal(pending[0], observation)):
+        same = pending is not None and (pending[0] is observation or np.array_equal(pending[0], observation))
+        if self.core is not None:  # the core reuses its forward pass when given the same array
+            self.core.observe(pending[1] if same else np.asarray(observation)[None], None, None, info)
+            return
+        if not same:
             self._set_training(True)
-            out, cache = self._forward_train(self._tensor(observation))
+            with torch.enable_grad():
+                out = self._network(self._tensor(observation))
         else:
-            _, out, cache = pending
-        self._learn(out, cache, info["target"])
+            out = pending[1]
+        self._learn(out, info["target"])
 
     # -- optional protocol parts ---------------------------------------------------------------
     def probe_model(self) -> torch.nn.Module:
-        return self.network
+        return self.core.probe_model(0) if self.core is not None else self._network
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (deep copy): later training does not change it."""
+        if self.core is not None:
+            return {"core": self.core.state_dict(), "config_hash": self.config.config_hash()}
         return copy.deepcopy({
-            "network": self.network.state_dict(),
+            "network": self._network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "cbp": self.cbp.state_dict() if self.cbp else None,
-            "redo": self.redo.state_dict() if self.redo else None,
+            "cbp": self._cbp.state_dict() if self._cbp else None,
+            "redo": self._redo.state_dict() if self._redo else None,
             "generator": self.generator.get_state(),
-            "active_outputs": getattr(self.network, "active_outputs", None),
+            "active_outputs": getattr(self._network, "active_outputs", None),
             "boundaries_seen": self.boundaries_seen,
-            "updates": self.updates,
+            "updates": self._updates,
             "config_hash": self.config.config_hash(),
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("config_hash") not in (None, self.config.config_hash()):
             raise ValueError("state was saved by an agent with a different config")
-        self.network.load_state_dict(state["network"])
+        self._pending = None
+        if self.core is not None:
+            self.core.load_state_dict(state["core"])
+            return
+        self._network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.cbp and state["cbp"] is not None:
-            self.cbp.load_state_dict(state["cbp"])
-        if self.redo and state["redo"] is not None:
-            self.redo.load_state_dict(state["redo"])
+        if self._cbp and state["cbp"] is not None:
+            self._cbp.load_state_dict(state["cbp"])
+        if self._redo and state["redo"] is not None:
+            self._redo.load_state_dict(state["redo"])
         self.generator.set_state(state["generator"].cpu() if torch.is_tensor(state["generator"])
                                  else state["generator"])
         if state.get("active_outputs") is not None:
-            self.network.active_outputs = int(state["active_outputs"])
+            self._network.active_outputs = int(state["active_outputs"])
         self.boundaries_seen = int(state["boundaries_seen"])
-        self.updates = int(state["updates"])
-        self._pending = None
+        self._updates = int(state["updates"])
 
     def __reduce__(self):
         return (_rebuild, (type(self), self.name, self.config.to_dict(), self.observation_space,
@@ -231,123 +231,33 @@ class SupervisedLearner:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, network={self.config.network.kind}, device={self.device})"
 
-    # -- internals -----------------------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        oc = self.config.optimizer
-        if oc.name == "sgd":
-            return torch.optim.SGD(self.params, lr=oc.lr, momentum=oc.momentum,
-                                   weight_decay=oc.weight_decay)
-        return torch.optim.Adam(self.params, lr=oc.lr, betas=oc.betas, eps=oc.eps,
-                                weight_decay=oc.weight_decay)
-
+    # -- the autograd engine -------------------------------------------------------------------
     def _set_training(self, mode: bool) -> None:
         # Module.train() walks every submodule: skip it when the mode is already right.
-        if self.network.training != mode:
-            self.network.train(mode)
+        if self._network.training != mode:
+            self._network.train(mode)
 
-    def _tensor(self, observation: np.ndarray) -> torch.Tensor | np.ndarray:
-        if self._numpy:
-            return np.asarray(observation, dtype=np.float32)
+    def _tensor(self, observation: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(observation), dtype=torch.float32, device=self.device)
 
-    def _forward_train(self, x: torch.Tensor | np.ndarray) -> tuple[Any, Any]:
-        if self._numpy:
-            return self.network.forward_numpy(x)
-        if self._fast:
-            return self.network.forward_cached(x)
-        with torch.enable_grad():
-            return self.network(x), None
-
-    def _to_action(self, out: torch.Tensor | np.ndarray) -> np.ndarray:
-        if isinstance(out, np.ndarray):
-            if self.spec["kind"] == "classification":
-                return out.argmax(1).astype(np.int64)
-            return out[:, 0].astype(np.float32)
-        out = out.detach()
-        if self.spec["kind"] == "classification":
-            return out.argmax(1).cpu().numpy().astype(np.int64)
-        return out[:, 0].cpu().numpy().astype(np.float32)
-
-    def _learn(self, out: Any, cache: Any, target: Any) -> None:
-        if self._numpy:
-            self._learn_numpy(out, cache, target)
-        else:
-            self._learn_torch(out, cache, target)
-        self.updates += 1
-        sp = self.config.shrink_perturb
-        if sp is not None:
-            self._shrink_perturb(sp.weight_decay, sp.noise_std)
-        if self.cbp is not None:
-            self.cbp.step(self._activations)
-        if self.redo is not None:
-            self.redo.step(self._activations)
-
-    def _learn_numpy(self, out: np.ndarray, cache: Any, target: Any) -> None:
-        b = out.shape[0]
-        if self.spec["kind"] == "classification":
-            z = out - out.max(1, keepdims=True)
-            g = np.exp(z)
-            g /= g.sum(1, keepdims=True)
-            g[np.arange(b), np.asarray(target, dtype=np.int64)] -= 1
-        else:
-            g = out - np.asarray(target, dtype=np.float32).reshape(b, 1)
-            g *= 2
-        if b > 1:
-            g /= b
-        grads = self.network.backward_numpy(cache, g)
-        oc = self.config.optimizer
-        if oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0:
-            for (w, bias), gw, gb in zip(self.network._numpy_views(), grads[::2], grads[1::2]):
-                w -= oc.lr * gw  # in place: these arrays share memory with the parameters
-                bias -= oc.lr * gb
-        else:
-            for p, gp in zip(self.params, grads):
-                p.grad = torch.from_numpy(np.ascontiguousarray(gp))
-            self.optimizer.step()
-        self._activations = {grp.name: post for grp, post in zip(self._groups, cache[2])}
-
-    def _learn_torch(self, out: torch.Tensor, cache: Any, target: Any) -> None:
+    def _learn(self, out: torch.Tensor, target: Any) -> None:
         y = torch.as_tensor(np.asarray(target), device=self.device)
         classification = self.spec["kind"] == "classification"
-        y = y.long() if classification else y.float()
-        activations = None
-        if cache is not None:  # hand-written backward (MLP fast path)
-            b = out.shape[0]
-            if classification:
-                g = torch.softmax(out, 1)
-                g.scatter_add_(1, y.view(b, 1), torch.full((b, 1), -1.0, device=out.device))
-            else:
-                g = (out - y.view(b, 1)).mul_(2.0)
-            g.div_(b)
-            self.network.backward_cached(cache, g)
-            activations = {grp.name: post for grp, post in zip(self._groups, cache[2])}
-        else:
-            loss = F.cross_entropy(out, y) if classification else F.mse_loss(out[:, 0], y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        self._optimizer_step()
-        self._activations = activations
-
-    def _optimizer_step(self) -> None:
-        oc = self.config.optimizer
-        grads = [p.grad for p in self.params]
-        if (oc.name == "sgd" and oc.momentum == 0.0 and oc.weight_decay == 0.0
-                and all(g is not None for g in grads)):
-            # Plain SGD: one fused update, identical to torch.optim.SGD's without its overhead.
-            with torch.no_grad():
-                torch._foreach_add_(self.params, grads, alpha=-oc.lr)
-        else:
-            self.optimizer.step()
-
-    @torch.no_grad()
-    def _shrink_perturb(self, weight_decay: float, noise_std: float) -> None:
-        shrink = 1.0 - self.config.optimizer.lr * weight_decay
-        if shrink != 1.0:
-            torch._foreach_mul_(self.params, shrink)
-        if noise_std > 0.0:
-            for p in self.params:
-                p.add_(torch.randn(p.shape, generator=self.generator, device=p.device,
-                                   dtype=p.dtype), alpha=noise_std)
+        loss = F.cross_entropy(out, y.long()) if classification else F.mse_loss(out[:, 0], y.float())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._updates += 1
+        sp = self.config.shrink_perturb
+        if sp is not None:  # the learner core's Shrink and Perturb, on a replica axis of one
+            params = [p.unsqueeze(0) for p in self.params]
+            shrink_perturb(params, shrink=1.0 - self.config.optimizer.lr * sp.weight_decay, noise_std=sp.noise_std,
+                           generators=[self.generator if sp.noise_std > 0 else None],
+                           noise=torch.zeros(1, sum(p.numel() for p in params), device=self.device))
+        if self._cbp is not None:
+            self._cbp.step()
+        if self._redo is not None:
+            self._redo.step()
 
     def _on_task_boundary(self) -> None:
         self.boundaries_seen += 1
@@ -355,9 +265,9 @@ class SupervisedLearner:
         if self.boundaries_seen == 1:
             return  # the first task starts from the initial network: nothing to reset
         if self.config.retrain:
-            self.network.reset_parameters(self.generator)
-            self.optimizer = self._make_optimizer()
-            for method in (self.cbp, self.redo):
+            self._network.reset_parameters(self.generator)
+            self.optimizer = ReferenceOptimizer(self.params, self.config.optimizer)
+            for method in (self._cbp, self._redo):
                 if method is not None:
                     method.optimizer = self.optimizer
                     method.reset_state()
@@ -366,7 +276,7 @@ class SupervisedLearner:
 
     @torch.no_grad()
     def _reset_head(self, mode: str) -> None:
-        head = self.network.head
+        head = self._network.head
         if mode == "zero":
             head.weight.zero_()
             head.bias.zero_()
@@ -377,11 +287,11 @@ class SupervisedLearner:
 
     def _maybe_grow(self, info: dict[str, Any]) -> None:
         n = info.get("next_n_classes", info.get("n_classes"))
-        net = self.network
+        net = self._network
         if n is None or not isinstance(net, ResNet18):
             return
         n = int(n)
-        if self.updates == 0 and n < net.active_outputs:
+        if self._updates == 0 and n < net.active_outputs:
             net.active_outputs = n  # first sight of the stream: start with its classes only
         elif n > net.active_outputs:
             net.set_active_outputs(n, optimizer=self.optimizer, generator=self.generator)

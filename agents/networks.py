@@ -10,84 +10,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from agents.units import (
-    Consumer,
-    InitSpec,
-    UnitGroup,
-    get_init,
-    reset_module_parameters,
-    set_init,
-    zero_optimizer_slices,
-)
+from agents.arrays import ACTIVATIONS, activation_gain
+from agents.config import LearnerConfig
+from agents.units import (Consumer, InitSpec, UnitGroup, get_init, reset_module_parameters, set_init,
+                          zero_optimizer_slices)
 
-__all__ = [
-    "ACTIVATIONS",
-    "ConvNet",
-    "LinearNet",
-    "MLP",
-    "PlasticNetwork",
-    "ResNet18",
-    "activation_gain",
-    "make_activation",
-]
-
-ACTIVATIONS = ("sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish")
-
-
-def activation_gain(name: str, leaky_slope: float = 0.01) -> float:
-    """The paper's Kaiming gains (Methods, Slowly-Changing Regression)."""
-    gains = {
-        "sigmoid": 1.0,
-        "tanh": 5.0 / 3.0,
-        "elu": math.sqrt(2.0),
-        "leaky_relu": math.sqrt(2.0 / (1.0 + leaky_slope**2)),
-        "relu": math.sqrt(2.0),
-        "swish": math.sqrt(2.0),
-    }
-    if name not in gains:
-        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
-    return gains[name]
+__all__ = ["ACTIVATIONS", "ConvNet", "LinearNet", "MLP", "PlasticNetwork", "ResNet18", "activation_gain",
+           "build_network", "image_layout", "make_activation", "resolve_device", "task_spec"]
 
 
 def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
-    if name == "sigmoid":
-        return nn.Sigmoid()
-    if name == "tanh":
-        return nn.Tanh()
-    if name == "elu":
-        return nn.ELU()
-    if name == "leaky_relu":
-        return nn.LeakyReLU(leaky_slope)
-    if name == "relu":
-        return nn.ReLU()
-    if name == "swish":
-        return nn.SiLU()
-    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
-
-
-def _activation_derivative(name: str, pre: torch.Tensor, post: torch.Tensor,
-                           leaky_slope: float) -> torch.Tensor:
-    """d post / d pre, elementwise (for the MLP's hand-written backward pass)."""
-    if name == "relu":
-        return post > 0  # bool: multiplies in place without a cast
-    if name == "leaky_relu":
-        return torch.where(pre > 0, 1.0, leaky_slope).to(post.dtype)
-    if name == "tanh":
-        return 1.0 - post * post
-    if name == "sigmoid":
-        return post * (1.0 - post)
-    if name == "elu":
-        return torch.where(pre > 0, torch.ones_like(post), post + 1.0)
-    if name == "swish":
-        s = torch.sigmoid(pre)
-        return s * (1.0 + pre * (1.0 - s))
-    raise ValueError(name)
+    """The hidden activation as torch's own module (the autograd form of :mod:`agents.arrays`)."""
+    modules = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU, "swish": nn.SiLU,
+               "leaky_relu": lambda: nn.LeakyReLU(leaky_slope)}
+    if name not in modules:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    return modules[name]()
 
 
 class SeededDropout(nn.Module):
@@ -128,8 +73,9 @@ class MLP(PlasticNetwork):
     """Fully connected network: flatten → [Linear → activation (→ dropout)]* → Linear head.
 
     Hidden weights: Kaiming-uniform with the activation's gain; the head uses gain 1 (linear
-    output); biases start at zero. ``forward_cached``/``backward_cached`` give a hand-written
-    backward pass that avoids autograd's overhead at batch size 1 (dropout off).
+    output); biases start at zero. (Without dropout, the reference agents train it through the
+    learner core, :mod:`agents.lockstep`, which stacks these weights; this module is its
+    autograd form: dropout, probes, user code.)
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
@@ -166,134 +112,6 @@ class MLP(PlasticNetwork):
             UnitGroup(f"layers.{i}", lin, act, (Consumer(nxt[i]),))
             for i, (lin, act) in enumerate(zip(self.layers, self.acts))
         ]
-
-    # -- hand-written backward (fast path for tiny batches) -----------------------------------
-    @property
-    def supports_manual_backward(self) -> bool:
-        return self.dropout == 0.0
-
-    @torch.no_grad()
-    def forward_cached(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list, list]]:
-        """Forward without autograd; returns the output and what ``backward_cached`` needs."""
-        x = x.flatten(1)
-        inputs, pres, posts = [], [], []
-        act = self.activation_name
-        for lin in self.layers:
-            inputs.append(x)
-            pre = torch.addmm(lin.bias, x, lin.weight.t())
-            if act == "relu":
-                post = torch.relu(pre)
-            elif act == "leaky_relu":
-                post = F.leaky_relu(pre, self.leaky_slope)
-            elif act == "tanh":
-                post = torch.tanh(pre)
-            elif act == "sigmoid":
-                post = torch.sigmoid(pre)
-            elif act == "elu":
-                post = F.elu(pre)
-            else:
-                post = F.silu(pre)
-            pres.append(pre)
-            posts.append(post)
-            x = post
-        inputs.append(x)
-        out = torch.addmm(self.head.bias, x, self.head.weight.t())
-        return out, (inputs, pres, posts)
-
-    @torch.no_grad()
-    def backward_cached(self, cache: tuple[list, list, list], grad_out: torch.Tensor) -> None:
-        """Write d loss / d θ into every parameter's ``.grad`` given d loss / d output."""
-        inputs, pres, posts = cache
-        lins = [*self.layers, self.head]
-        g = grad_out
-        for i in range(len(lins) - 1, -1, -1):
-            lin = lins[i]
-            if lin.weight.grad is None:
-                lin.weight.grad = torch.empty_like(lin.weight)
-                lin.bias.grad = torch.empty_like(lin.bias)
-            torch.mm(g.t(), inputs[i], out=lin.weight.grad)
-            torch.sum(g, 0, out=lin.bias.grad)
-            if i > 0:
-                g = torch.mm(g, lin.weight)
-                g.mul_(_activation_derivative(self.activation_name, pres[i - 1], posts[i - 1],
-                                              self.leaky_slope))
-
-
-    # -- numpy path (CPU, tiny batches): same math on views that share the parameters' memory --
-    def _numpy_views(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        lins = [*self.layers, self.head]
-        key = tuple(lin.weight.data_ptr() for lin in lins)
-        if getattr(self, "_np_key", None) != key:  # (re)build when storage changed
-            self._np_cache = [(lin.weight.detach().numpy(), lin.bias.detach().numpy()) for lin in lins]
-            self._np_key = key
-        return self._np_cache
-
-    def forward_numpy(self, x: np.ndarray) -> tuple[np.ndarray, tuple[list, list, list]]:
-        """``forward_cached`` in numpy on CPU parameters (float32 throughout)."""
-        views = self._numpy_views()
-        x = x.reshape(x.shape[0], -1)
-        inputs, pres, posts = [], [], []
-        act = self.activation_name
-        for w, b in views[:-1]:
-            inputs.append(x)
-            pre = x @ w.T
-            pre += b
-            post = activation_np(act, pre, self.leaky_slope)
-            pres.append(pre)
-            posts.append(post)
-            x = post
-        inputs.append(x)
-        w, b = views[-1]
-        out = x @ w.T
-        out += b
-        return out, (inputs, pres, posts)
-
-    def backward_numpy(self, cache: tuple[list, list, list], grad_out: np.ndarray) -> list[np.ndarray]:
-        """Gradients [dW0, db0, dW1, db1, ..., dW_head, db_head] (parameters() order)."""
-        views = self._numpy_views()
-        inputs, pres, posts = cache
-        grads: list[np.ndarray] = [None] * (2 * len(views))  # type: ignore[list-item]
-        g = grad_out
-        for i in range(len(views) - 1, -1, -1):
-            w, _ = views[i]
-            grads[2 * i] = g.T @ inputs[i]
-            grads[2 * i + 1] = g.sum(0)
-            if i > 0:
-                g = g @ w
-                g *= activation_derivative_np(self.activation_name, pres[i - 1], posts[i - 1],
-                                               self.leaky_slope)
-        return grads
-
-
-def activation_np(name: str, pre: np.ndarray, leaky_slope: float) -> np.ndarray:
-    """The hidden activation ``name`` in numpy (float32 in, float32 out)."""
-    if name == "relu":
-        return np.maximum(pre, 0)
-    if name == "leaky_relu":
-        return np.where(pre > 0, pre, pre * np.float32(leaky_slope))
-    if name == "tanh":
-        return np.tanh(pre)
-    if name == "sigmoid":
-        return 1 / (1 + np.exp(-pre))
-    if name == "elu":
-        return np.where(pre > 0, pre, np.expm1(np.minimum(pre, 0)))
-    return pre / (1 + np.exp(-pre))
-
-
-def activation_derivative_np(name: str, pre: np.ndarray, post: np.ndarray,
-                              leaky_slope: float) -> np.ndarray:
-    if name == "relu":
-        return pre > 0
-    if name == "leaky_relu":
-        return np.where(pre > 0, np.float32(1), np.float32(leaky_slope))
-    if name == "tanh":
-        return 1 - post * post
-    if name == "sigmoid":
-        return post * (1 - post)
-    if name == "elu":
-        return np.where(pre > 0, np.float32(1), post + 1)
-    s = 1 / (1 + np.exp(-pre))
-    return s * (1 + pre * (1 - s))
 
 
 class ConvNet(PlasticNetwork):
@@ -462,3 +280,59 @@ class LinearNet(PlasticNetwork):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.flatten(1))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def task_spec(observation_space: gym.Space, action_space: gym.Space) -> dict[str, Any]:
+    """Batch size, per-example input shape, task kind and output count from the spaces."""
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) < 2:
+        raise ValueError("observation space must be a batch-first Box (batch, *x_shape)")
+    batch, *x_shape = observation_space.shape
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        kind, n_out = "classification", int(np.max(action_space.nvec))
+    elif isinstance(action_space, gym.spaces.Discrete):
+        kind, n_out = "classification", int(action_space.n)
+    elif isinstance(action_space, gym.spaces.Box):
+        kind, n_out = "regression", 1
+    else:
+        raise ValueError(f"unsupported action space {action_space!r}: MultiDiscrete or Box")
+    return {"batch_size": int(batch), "x_shape": tuple(int(s) for s in x_shape), "kind": kind,
+            "n_outputs": n_out}
+
+
+def image_layout(x_shape: tuple[int, ...]) -> tuple[int, int, bool]:
+    """(channels, side, channels_last) of an image input shape (C,H,W) or (H,W,C)."""
+    if len(x_shape) != 3:
+        raise ValueError(f"image networks need a 3-D input shape, got {x_shape}")
+    if x_shape[0] in (1, 3) and x_shape[1] == x_shape[2]:
+        return x_shape[0], x_shape[1], False
+    if x_shape[2] in (1, 3) and x_shape[0] == x_shape[1]:
+        return x_shape[2], x_shape[0], True
+    raise ValueError(f"cannot tell the channel axis of input shape {x_shape}")
+
+
+def build_network(config: LearnerConfig, spec: dict[str, Any],
+                  generator: torch.Generator | None) -> PlasticNetwork:
+    """The network ``config.network`` describes, for a task of ``spec`` (:func:`task_spec`)."""
+    nc = config.network
+    n_in = int(np.prod(spec["x_shape"]))
+    n_out = spec["n_outputs"]
+    if nc.dropout > 0 and nc.kind not in ("mlp", "convnet"):
+        raise ValueError(f"network.dropout is only defined for mlp and convnet, not {nc.kind}")
+    if nc.kind == "mlp":
+        return MLP(n_in, nc.hidden, n_out, activation=nc.activation, leaky_slope=nc.leaky_slope,
+                   dropout=nc.dropout, generator=generator)
+    if nc.kind == "linear":
+        return LinearNet(n_in, n_out, generator=generator)
+    channels, side, last = image_layout(spec["x_shape"])
+    if nc.kind == "convnet":
+        return ConvNet(n_out, in_channels=channels, image_size=side, channels_last=last,
+                       dropout=nc.dropout, generator=generator)
+    return ResNet18(n_out, width=nc.width, in_channels=channels, channels_last=last,
+                    generator=generator)

@@ -16,7 +16,15 @@ from agents.cbp import ActivationCapture, unit_mean
 from agents.config import ReDoConfig
 from agents.units import UnitGroup, reinit_units
 
-__all__ = ["ReDo"]
+__all__ = ["ReDo", "dormant"]
+
+
+def dormant(sums: torch.Tensor, count: int, threshold: float | torch.Tensor) -> torch.Tensor:
+    """ReDo's test over a replica axis: ``sums`` ``(R, n)`` of per-update mean |h| over ``count``
+    updates → ``(R, n)`` bool, score ≤ threshold (``(R, 1)`` per replica, or a float), with
+    score = mean |h| / the layer's average of it."""
+    mean = sums / max(count, 1)
+    return mean / mean.mean(1, keepdim=True).clamp_min(1e-12) <= threshold
 
 
 class ReDo:
@@ -68,8 +76,9 @@ class ReDo:
         replaced: dict[str, list[int]] = {}
         if self.count < self.config.period:
             return replaced
-        for g, (name, s) in zip(self.groups, self.scores().items()):
-            idx = torch.nonzero(s <= self.config.threshold).flatten()
+        for g in self.groups:
+            name = g.name
+            idx = torch.nonzero(dormant(self.sums[name][None], self.count, self.config.threshold)[0]).flatten()
             if idx.numel():
                 reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
                 self.replacements[name] += int(idx.numel())

@@ -197,9 +197,11 @@ def zero_optimizer_slices(optimizer: torch.optim.Optimizer | None, param: torch.
                           index: tuple) -> None:
     """Zero ``index`` of every per-element state tensor the optimizer holds for ``param``.
 
-    Covers SGD's ``momentum_buffer`` and Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``
-    (any state tensor shaped like the parameter). Adam's scalar ``step`` is shared by the whole
-    tensor and is left alone.
+    Covers SGD's ``momentum_buffer`` and Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq`` (any
+    state tensor shaped like the parameter), and so, with :class:`agents.optim.ReferenceOptimizer`,
+    Adam's per-element step counts (its ``bias_correction1``/``2``): the touched slices restart
+    their bias correction. (torch.optim.Adam's scalar ``step`` is shared by the whole tensor and
+    is left alone.)
     """
     if optimizer is None:
         return

@@ -382,29 +382,6 @@ def test_unit_statistics_mature_counts_follow_ages_through_resets_and_reloads():
     assert stats.replacements.sum() > 0
 
 
-def test_state_of_the_earlier_flat_format_still_loads():
-    """Checkpoints written before the statistics moved into UnitStatistics (flat per-group dicts
-    with birth steps) resume with the same ages, utilities and accumulators."""
-    net = _mlp()
-    groups = net.cbp_groups()
-    names = [g.name for g in groups]
-    flat = {"steps": 12,
-            "utility": {n: torch.full((g.n_units,), 0.5) for n, g in zip(names, groups)},
-            "mean_act": {n: torch.zeros(g.n_units) for n, g in zip(names, groups)},
-            "births": {n: torch.arange(g.n_units) % 12 for n, g in zip(names, groups)},
-            "to_replace": {n: 0.25 for n in names},
-            "replacements": {n: 3 for n in names}}
-    cbp = ContinualBackprop(groups, CBPConfig(maturity=5), hooks=False)
-    cbp.load_state_dict(flat)
-    assert cbp.steps == 12
-    for n, g in zip(names, groups):
-        ages = 12 - np.arange(g.n_units) % 12
-        assert np.array_equal(cbp.ages(n), ages)
-        assert cbp.stats[n].eligible_counts()[0] == np.count_nonzero(ages > 5)
-        assert cbp.to_replace[n] == 0.25 and cbp.replacements[n] == 3
-        torch.testing.assert_close(cbp.utility[n], torch.full((g.n_units,), 0.5))
-
-
 def _sigmoid_net_after_replacement(bias_correction: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """A sigmoid MLP whose statistics were gathered over 300 forwards of one input
     distribution, then exactly one unit of its first layer replaced. Returns the outputs on a

@@ -85,7 +85,7 @@ def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
         assert counts == [[ag.cbp.replacements[g] for ag in singles] for g in singles[0].cbp.replacements]
         assert all(c > 0 for row in counts for c in row)  # replacements really happened
     if lock.redo_sums is not None:
-        assert lock.redo_replacements.tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
+        assert lock.redo_replacements.sum(0).tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
         assert lock.redo_replacements.sum() > 0
 
 
@@ -202,10 +202,12 @@ def _pair_with(compile_mode, env_id="PermutedMNIST-v0", name="cbp", overrides=MN
 
 @pytest.mark.skipif(not __import__("agents.lockstep").lockstep._cxx_compiler_available(),
                     reason="torch.compile on the CPU needs a C++ compiler")
-@pytest.mark.parametrize("name,overrides", [("cbp", MNIST_CBP), ("backprop", {"network": {"hidden": [64, 32]}})])
-def test_compiled_sgd_step_equals_single_learners(name, overrides):
-    """The compiled plain-SGD step (forced here; "auto" uses it for large CPU networks) gives each
-    seed the single learner's trajectory, CBP replacements included."""
+@pytest.mark.parametrize("name,overrides", [("cbp", MNIST_CBP), ("backprop", {"network": {"hidden": [64, 32]}}),
+                                            ("adam", {"network": {"hidden": [64, 32]}})])
+def test_compiled_step_equals_single_learners(name, overrides):
+    """The compiled plain-SGD or Adam step (forced here; "auto" uses it for large CPU networks and
+    for Adam) gives each seed the single learner's trajectory, CBP replacements included (300
+    steps, weights to 1e-4). The equality with autograd is tested in test_core_vs_autograd.py."""
     venv, lock, envs, singles = _pair_with(True, name=name, overrides=overrides)
     assert lock.compiled
     _run(venv, lock, envs, singles, 300)
@@ -240,10 +242,68 @@ def test_compile_choice():
     cfg = resolve_config("cbp", osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=MNIST_CBP)
     with pytest.raises(ValueError, match="compile must be"):
         LockstepLearner("cbp", cfg, osp, asp, seeds=SEEDS, device="cpu", compile="sometimes")
-    adam = resolve_config("adam", osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=None)
-    assert not LockstepLearner("adam", adam, osp, asp, seeds=SEEDS, device="cpu", compile=True).compiled
+    for name, expected in (("l2", False), ("adam", lockstep._cxx_compiler_available())):  # momentum/L2 never
+        cfg = resolve_config(name, osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=None)
+        assert LockstepLearner(name, cfg, osp, asp, seeds=SEEDS, device="cpu").compiled == expected
     # "auto" compiles CBP's step for a large CPU network (8 seeds of 3×100), not plain backprop's
     big = {"network": {"hidden": [100, 100, 100]}}
     for name, expected in (("cbp", lockstep._cxx_compiler_available()), ("backprop", False)):
         cfg = resolve_config(name, osp, asp, env_id="PermutedMNIST-v0", scale="smoke", overrides=big)
         assert LockstepLearner(name, cfg, osp, asp, seeds=range(8), device="cpu").compiled == expected
+
+
+GRIDS = [  # one config per seed: a hyperparameter grid of one architecture
+    ("cbp", [{"optimizer": {"lr": 0.01}, "cbp": {"replacement_rate": 0.01, "maturity": 20, "decay": 0.99}},
+             {"optimizer": {"lr": 0.02}, "cbp": {"replacement_rate": 0.02, "maturity": 10, "decay": 0.9}},
+             {"optimizer": {"lr": 0.01}, "cbp": {"replacement_rate": 0.01, "maturity": 20, "decay": 0.99}}]),
+    ("l2", [{"optimizer": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3}},
+            {"optimizer": {"lr": 0.02, "momentum": 0.0, "weight_decay": 0.0}}]),
+    ("adam", [{"optimizer": {"lr": 1e-3, "betas": [0.9, 0.999]}},
+              {"optimizer": {"lr": 3e-3, "betas": [0.8, 0.99], "eps": 1e-6}}]),
+    ("shrink-perturb", [{"shrink_perturb": {"weight_decay": 1e-2, "noise_std": 1e-3}},
+                        {"shrink_perturb": {"weight_decay": 0.0, "noise_std": 0.0}}]),
+    ("redo", [{"redo": {"period": 50, "threshold": 0.5}}, {"redo": {"period": 50, "threshold": 0.1}}]),
+]
+
+
+@pytest.mark.parametrize("name,grid", GRIDS)
+def test_hyperparameter_grid_equals_single_learners(name, grid):
+    """Seeds with different scalar hyperparameters in one lockstep learner each equal the single
+    learner with that config (SlowRegression, 1,500 steps, weights to 1e-4; CBP/ReDo counts exactly)."""
+    seeds = tuple(range(len(grid)))
+    venv = gym.make_vec("SlowRegression-v0", num_envs=len(seeds), vectorization_mode="vector_entry_point",
+                        scale="smoke")
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    cfgs = [resolve_config(name, osp, asp, env_id="SlowRegression-v0", scale="smoke", overrides=o) for o in grid]
+    lock = LockstepLearner(name, cfgs, osp, asp, seeds=seeds, device="cpu")
+    singles = [make_agent(name, osp, asp, env_id="SlowRegression-v0", scale="smoke", overrides=o, seed=s,
+                          device="cpu") for s, o in zip(seeds, grid)]
+    envs = [gym.make("SlowRegression-v0", scale="smoke") for _ in seeds]
+    _run(venv, lock, envs, singles, 1500, seeds=seeds)
+    _assert_same_weights(lock, singles)
+    if lock.cbp:
+        assert [s.replacements.tolist() for s in lock.cbp] == [
+            [ag.cbp.replacements[g] for ag in singles] for g in singles[0].cbp.replacements]
+        assert len(lock.cbp[0].groups) == 2  # one UnitStatistics per distinct CBP config
+    if lock.redo_sums is not None:
+        assert lock.redo_replacements.sum(0).tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
+    pickle.loads(pickle.dumps(lock))  # a grid pickles too
+
+
+def test_grid_configs_must_share_the_architecture():
+    venv = gym.make_vec("SlowRegression-v0", num_envs=2, scale="smoke")
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    a = resolve_config("backprop", osp, asp, env_id="SlowRegression-v0", scale="smoke")
+    b = a.replace(network={"hidden": [6]})
+    with pytest.raises(ValueError, match="differs from config 0 in: network"):
+        LockstepLearner("backprop", [a, b], osp, asp, seeds=(0, 1))
+    with pytest.raises(ValueError, match="3 configs for 2 seeds"):
+        LockstepLearner("backprop", [a, a, a], osp, asp, seeds=(0, 1))
+
+
+def test_seeds_in_different_phases_are_an_error():
+    venv, lock, _, _ = _pair("SlowRegression-v0", "backprop", None)
+    obs, info = venv.reset(seed=0)
+    info = dict(info, next_phase=np.array(["train", "test"], dtype=object))
+    with pytest.raises(ValueError, match="same phase"):
+        lock.act(obs, info)

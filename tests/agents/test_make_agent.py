@@ -135,24 +135,6 @@ def test_train_forward_is_reused_only_for_the_same_batch():
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("name", ["cbp", "adam", "l2"])
-def test_numpy_and_torch_fast_paths_agree(name):
-    """The CPU numpy path and the torch hand-written path (used on GPU) learn identically."""
-    obs, act = cls_spaces(1, (5,), 3)
-    over = {"network": {"hidden": [8, 8]}}
-    if name == "cbp":
-        over["cbp"] = {"replacement_rate": 0.05, "maturity": 3}
-    a = make_agent(name, obs, act, overrides=over, device="cpu")
-    b = make_agent(name, obs, act, overrides=over, device="cpu")
-    assert a._numpy
-    b._numpy = False
-    assert np.array_equal(_predictions(a, obs, 0), _predictions(b, obs, 0))
-    for p, q in zip(a.network.parameters(), b.network.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    if name == "cbp":
-        assert a.cbp.replacements == b.cbp.replacements
-
-
 def test_unknown_env_id_is_an_error_naming_the_known_ids():
     from agents import ENV_IDS
 
