@@ -117,3 +117,55 @@ def test_metrics_module_does_not_import_agents():
             assert not (node.module or "").startswith("agents")
         elif isinstance(node, ast.Import):
             assert not any(a.name.startswith("agents") for a in node.names)
+
+
+def _mlps(n: int, seed: int = 0) -> list[nn.Module]:
+    g = torch.Generator().manual_seed(seed)
+    nets = []
+    for _ in range(n):
+        net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 3))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+            net[0].bias[:4] = -50.0  # dead units, so the dead/dormant counts are not all zero
+        nets.append(net)
+    return nets
+
+
+def test_measure_replicas_equals_measure_of_each_network():
+    """The batched measure (one SVD over the replica axis) gives each network's measure()."""
+    from plasticity_gym.metrics import measure_replicas, representation_layers
+
+    nets = _mlps(4)
+    x = torch.randn(4, 300, 6)  # each network its own probe batch
+    hidden, weights = [], []
+    with torch.no_grad():
+        h = x
+        for i in (0, 2):
+            h = torch.relu(torch.stack([torch.nn.functional.linear(hh, net[i].weight, net[i].bias)
+                                        for hh, net in zip(h, nets)]))
+            hidden.append(h)
+    for i in (0, 2, 4):
+        weights.append(torch.stack([net[i].weight.detach() for net in nets]))
+    layers = representation_layers(nets[0], x[0])
+    assert layers == [("1", "0"), ("3", "2")]
+    got = measure_replicas(hidden, weights, layers=layers)
+    assert len(got) == 4
+    for net, xi, g in zip(nets, x, got):
+        want = measure(net, xi)
+        assert want["dead_pct"] > 0
+        assert g.keys() == want.keys() and g["layers"].keys() == want["layers"].keys()
+        for k in ("dead_pct", "dormant_pct", "avg_weight_magnitude", "effective_rank", "stable_rank", "n_units"):
+            assert g[k] == pytest.approx(want[k], rel=1e-6), k
+        for name, layer in want["layers"].items():
+            for k, v in layer.items():
+                assert g["layers"][name][k] == (pytest.approx(v, rel=1e-6) if isinstance(v, float) else v), (name, k)
+
+
+def test_measure_replicas_checks_its_arguments():
+    from plasticity_gym.metrics import measure_replicas
+
+    with pytest.raises(ValueError, match="one name per hidden layer"):
+        measure_replicas([torch.rand(2, 5, 3)], [torch.rand(2, 3, 4)], layers=[("a", "b"), ("c", "d")])
+    default = measure_replicas([torch.rand(2, 5, 3)], [torch.rand(2, 3, 4), torch.rand(2, 1, 3)])
+    assert list(default[0]["layers"]) == ["0"] and default[0]["layers"]["0"]["producer"] == "0"

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from plasticity_gym.harness.evaluate import AgentProtocolError, evaluate
+from plasticity_gym.harness.evaluate import evaluate
+from plasticity_gym.harness.resolve import AgentProtocolError
 from plasticity_gym.harness.result import Result, bootstrap_ci
 from plasticity_gym.harness.schema import (
     SCHEMA_VERSION,

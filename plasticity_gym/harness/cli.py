@@ -1,4 +1,4 @@
-"""The ``plasticity-gym`` command: run, validate, leaderboard, plot, compare, submit.
+"""The ``plasticity-gym`` command: run, validate, leaderboard, plot, compare, submit, reference.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
     plasticity-gym leaderboard SlowRegression-v0 --scale smoke --include runs/cbp.json
     plasticity-gym plot runs/cbp.json runs/backprop.json --out fig.png
     plasticity-gym compare SlowRegression-v0 --agents backprop cbp --scale smoke --seeds 3
+    plasticity-gym reference cpu            # regenerate every cpu reference entry, tables, figures
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from plasticity_gym.harness.evaluate import AgentProtocolError
+from plasticity_gym.harness.resolve import AgentProtocolError
 from plasticity_gym.harness.schema import ResultValidationError
+from plasticity_gym.harness.threads import thread_env
 
 
 def parse_value(text: str) -> Any:
@@ -69,9 +71,13 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed-list", type=int, nargs="+", metavar="S", help="run exactly these seeds")
     p.add_argument("--env-set", action="append", metavar="KEY=VALUE", help="env kwarg on top of the scale")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default auto)")
-    p.add_argument("--probe-every", type=int, default=1, metavar="K",
-                   help="measure plasticity metrics at the start of every K-th task; 0 disables (default 1)")
+    p.add_argument("--probe-every", type=int, default=None, metavar="K",
+                   help="measure plasticity metrics at the start of every K-th task; 0 disables (default: "
+                        "every task, thinned evenly to at most 100 probes per run)")
     p.add_argument("--probe-size", type=int, default=2000, help="examples in the probe batch (default 2000)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads of this process (default: torch's, one per core, right for a run "
+                        "alone); give 1 to each of several runs started at once, or they slow each other down")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="always show the progress line")
@@ -134,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="also write each agent's result entry here")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("reference", help="regenerate the reference entries of every board of a scale, "
+                       "file them, redraw the README tables and figures")
+    p.add_argument("scale", help="the scale whose boards to regenerate, e.g. cpu")
+    p.add_argument("--env", nargs="+", metavar="ENV_ID", help="only these envs (default: every env with a board "
+                   "of this scale under --dir)")
+    p.add_argument("--agents", nargs="+", metavar="AGENT",
+                   help="run these reference agents (default: the board's stored reference entries)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (default: the stored entries' seeds)")
+    p.add_argument("--jobs", type=int, metavar="N", help="runs at once, each with cores/N torch threads "
+                   "(default: one per core, one thread each)")
+    p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
+    p.add_argument("--runs-dir", default="runs", help="where the runs write results, logs and checkpoints "
+                   "(default runs; a run resumes from its checkpoint there)")
+    p.add_argument("--dry-run", action="store_true", help="print the run commands, run nothing")
+    p.set_defaults(func=cmd_reference)
+
     p = sub.add_parser("submit", help="validate a result and file it under its board")
     p.add_argument("file")
     p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
@@ -158,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bin_examples=args.bin_examples, checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
         progress=args.progress, command=args.command_line, out=out, lockstep=args.lockstep,
+        threads=args.threads,
     )
     m = result.summary[result.primary]
     print(f"wrote {out}: {result.agent_name} on {result.env_id} ({result.scale}), "
@@ -233,7 +256,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.env_id, args.agents, scale=args.scale, seeds=_seeds(args),
         env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=overrides, device=args.device,
         probe_every=args.probe_every, probe_size=args.probe_size, progress=args.progress,
-        command=args.command_line,
+        command=args.command_line, threads=args.threads,
     )
     print(comp.report(), end="")
     if args.out_dir:
@@ -241,6 +264,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             path = res.save(Path(args.out_dir) / f"{args.env_id.split(':')[-1]}-{name}-{args.scale}.json")
             print(f"wrote {path}")
     return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness import boards
+    from plasticity_gym.harness.suite import regenerate
+
+    if args.jobs is not None and args.jobs < 1:
+        raise SystemExit("plasticity-gym: error: --jobs must be >= 1")
+    if args.seeds is not None and args.seeds < 1:
+        raise SystemExit("plasticity-gym: error: --seeds must be >= 1")
+    return regenerate(args.scale, board_dir=Path(args.dir) if args.dir else boards.default_dir(),
+                      runs_dir=Path(args.runs_dir), envs=args.env, agents=args.agents, seeds=args.seeds,
+                      n_workers=args.jobs, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -258,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise SystemExit("plasticity-gym: error: --threads must be >= 1")
+        # Before torch is imported: OpenMP reads its variables when it starts.
+        os.environ.update(thread_env(args.threads))
     args.command_line = shlex.join(["plasticity-gym", *argv])
     try:
         return int(args.func(args) or 0)

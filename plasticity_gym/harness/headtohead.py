@@ -8,26 +8,17 @@ better), then the mean and a percentile-bootstrap 95% CI over seeds.
 
 from __future__ import annotations
 
-import time
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from plasticity_gym.arena import SupervisedArena
-from plasticity_gym.harness.evaluate import (
-    AgentFactory,
-    _check_agent,
-    _Plasticity,
-    agent_record,
-    build_result,
-    env_record,
-    metric_of,
-    probe,
-    resolve_agent,
-    resolve_device,
-)
-from plasticity_gym.harness.progress import Progress, progress_wanted
-from plasticity_gym.harness.recorder import StreamRecorder, default_bin_examples
+from plasticity_gym.harness.lanes import ArenaLanes
+from plasticity_gym.harness.loop import Segment, run_segments
+from plasticity_gym.harness.progress import progress_wanted
+from plasticity_gym.harness.records import build_result
+from plasticity_gym.harness.resolve import AgentFactory, resolve_agent, resolve_device
 from plasticity_gym.harness.result import Result, bootstrap_ci
+from plasticity_gym.harness.threads import set_threads
 
 
 @dataclass
@@ -92,14 +83,16 @@ def compare(
     *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     device: str = "auto",
-    probe_every: int = 1,
+    probe_every: int | None = None,
     probe_size: int = 2000,
     progress: bool | None = None,
     command: str | None = None,
+    threads: int | None = None,
 ) -> Comparison:
     """Run ``agents`` head-to-head on ``env_id`` (one arena per seed) and rank them.
 
-    ``overrides`` maps a learner name (as :func:`learner_names` gives it) to its overrides.
+    ``overrides`` maps a learner name (as :func:`learner_names` gives it) to its overrides;
+    the other arguments are :func:`~plasticity_gym.harness.evaluate`'s.
     """
     if len(agents) < 2:
         raise ValueError("compare needs at least two agents")
@@ -109,6 +102,8 @@ def compare(
     unknown = set(overrides) - set(names)
     if unknown:
         raise ValueError(f"overrides for unknown learner(s) {sorted(unknown)}; learners: {names}")
+    if threads is not None:
+        set_threads(threads)
     dev = resolve_device(device)
     specs = {
         n: resolve_agent(a, env_id=env_id, scale=scale, overrides=overrides.get(n))
@@ -118,63 +113,21 @@ def compare(
         f"plasticity_gym.harness.compare({env_id!r}, {[s.ident for s in specs.values()]!r}, "
         f"scale={scale!r}, seeds={seeds})"
     )
-    show = progress_wanted() if progress is None else progress
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    recs: dict[str, dict[str, Any]] = {}
-    env_rec: dict[str, Any] | None = None
-    metric = bin_examples = None
-    for i, seed in enumerate(seeds):
-        arena = SupervisedArena(env_id, names, scale=scale, env_kwargs=env_kwargs)
-        obs, infos = arena.reset(seed=seed)
-        env0 = arena.env_of(names[0])
-        if env_rec is None:
-            env_rec = env_record(env_id, env0)
-            metric = metric_of(arena.action_space(names[0]))
-            bin_examples = default_bin_examples(int(env0.n_examples_total)) if metric == "squared_error" else None
-        learners = {}
-        for n in names:
-            learners[n] = specs[n].build(arena.observation_space(n), arena.action_space(n), seed, dev)
-            _check_agent(learners[n], specs[n].ident)
-            recs.setdefault(n, agent_record(learners[n], specs[n]))
-        recorders = {n: StreamRecorder(metric, bin_examples) for n in names}
-        plast = {n: _Plasticity() for n in names}
-        total = int(env0.n_examples_total)
-        bar = Progress(total * len(seeds), enabled=show, done=i * total,
-                       label=f"{env_id} {' vs '.join(names)} seed {seed} ({i + 1}/{len(seeds)})  ")
-        examples, last_probed, t0 = 0, -1, time.perf_counter()
-        while arena.agents:
-            info0 = infos[names[0]]
-            if probe_every and (info0["next_task_boundary"] or last_probed < 0):
-                task = int(info0["next_task_id"])
-                if task > last_probed and task % probe_every == 0:
-                    for n in names:
-                        values = probe(arena.env_of(n), learners[n], probe_size)
-                        if values is not None:
-                            plast[n].add(task, values)
-                    last_probed = task
-            actions = {n: learners[n].act(obs[n], infos[n]) for n in names}
-            next_obs, rewards, _, _, next_infos = arena.step(actions)
-            for n in names:
-                learners[n].observe(obs[n], actions[n], rewards[n], next_infos[n])
-                k = recorders[n].record(rewards[n], next_infos[n])
-            examples += k
-            obs, infos = next_obs, next_infos
-            bar.update(i * total + examples)
-        bar.close(i * total + examples)
-        wall = (time.perf_counter() - t0) / len(names)  # the learners shared the wall clock
-        for n in names:
-            runs[n].append({
-                "seed": seed, "n_examples": examples, "wall_time_s": round(wall, 3),
-                "series": recorders[n].finish(), "plasticity": plast[n].as_dict(),
-            })
-        arena.close()
-
-    assert env_rec is not None and metric is not None
+    env_kwargs = dict(env_kwargs or {})
+    segments = [Segment(
+        f"{env_id} {' vs '.join(names)} seed {seed} ({i + 1}/{len(seeds)})  ",
+        functools.partial(ArenaLanes.open, specs, env_id, scale, env_kwargs, seed, dev),
+        functools.partial(ArenaLanes.restore, specs, device=dev),
+    ) for i, seed in enumerate(seeds)]
+    output = run_segments(env_id, segments, probe_every=probe_every, probe_size=probe_size,
+                          show_progress=progress_wanted() if progress is None else progress)
+    rec = output.records
     results = {
         n: build_result(
-            env_rec=env_rec, agent_rec=recs[n], metric=metric, bin_examples=bin_examples,
-            probe_every=probe_every, probe_size=probe_size, device=dev, seeds=seeds, runs=runs[n],
-            command=command,
+            env_rec=rec.env, agent_rec=rec.agents[n], metric=rec.metric, bin_examples=rec.bin_examples,
+            probe_every=rec.schedule.every, probe_size=probe_size, device=dev, seeds=seeds,
+            runs=output.runs[n], command=command,
+            probe_tasks=rec.schedule.tasks(rec.env["budget"]["n_tasks"]),
         )
         for n in names
     }

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from plasticity_gym.harness._io import _atomic_write
+from plasticity_gym.harness._io import atomic_write_bytes
 from plasticity_gym.harness.result import Result, bootstrap_band
 
 # Plasticity panels, in order of preference, when the probes recorded them.
@@ -109,5 +109,5 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     out = Path(out)
     fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
-    _atomic_write(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
     return out

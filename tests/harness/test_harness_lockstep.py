@@ -66,7 +66,7 @@ def test_stream_kept_in_learner_memory_gives_the_same_result(env_id, env_kwargs,
     import torch
 
     import agents.lockstep as lockstep
-    from plasticity_gym.harness import lockstep_run
+    from plasticity_gym.harness import lanes
 
     monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)  # the torch path, as on a GPU
     kw = dict(scale="smoke", seeds=(1, 4), env_kwargs=env_kwargs, progress=False, probe_size=100,
@@ -79,7 +79,7 @@ def test_stream_kept_in_learner_memory_gives_the_same_result(env_id, env_kwargs,
         seen.append(type(observations))
         return real_act(self, observations, infos)
 
-    monkeypatch.setattr(lockstep_run, "_use_device_stream", lambda learner, venv: True)
+    monkeypatch.setattr(lanes, "mirror_on_device", lambda learner, venv: True)
     monkeypatch.setattr(lockstep.LockstepLearner, "act", spy)
     mirrored = evaluate(env_id, "backprop", lockstep="on", **kw)
     assert seen and all(t is torch.Tensor for t in seen)

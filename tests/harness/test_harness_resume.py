@@ -28,7 +28,8 @@ def _cli(*args, **kw) -> subprocess.Popen:
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index: int, timeout=120.0):
+def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index: int, lockstep: bool,
+                                  timeout=120.0):
     """Poll until the checkpoint shows the run inside seed ``seed_index``, past its start
     (a lockstep run has every seed inside: it only needs to be past the start)."""
     t0 = time.time()
@@ -39,13 +40,9 @@ def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index
         except (FileNotFoundError, EOFError, pickle.UnpicklingError):
             time.sleep(0.05)
             continue
-        if payload.get("lockstep") is not None:
-            if payload["lockstep"][0].examples >= 1000:
-                return payload
-        else:
-            cur = payload["current"]
-            if len(payload["done"]) == seed_index and cur is not None and cur[0].examples >= 1000:
-                return payload
+        cur = payload["current"]
+        if len(payload["finished"]) == seed_index * (not lockstep) and cur is not None and cur[0].examples >= 1000:
+            return payload
         time.sleep(0.05)
     raise AssertionError("no mid-seed checkpoint appeared")
 
@@ -58,8 +55,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, lockstep):
     proc = _cli(*args, "--out", out)
     # Kill part-way (sequential: inside the second seed, so the first seed's finished run
     # must be carried over too; lockstep: every seed is part-way).
-    payload = _wait_for_mid_seed_checkpoint(ckpt, proc, seed_index=1)
-    assert (payload.get("lockstep") is not None) == (lockstep == "on")
+    payload = _wait_for_mid_seed_checkpoint(ckpt, proc, seed_index=1, lockstep=lockstep == "on")
+    # The segment in progress holds every seed in lockstep, one seed otherwise.
+    assert len(payload["current"][0].logs) == (2 if lockstep == "on" else 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -1,0 +1,154 @@
+"""Building results: the ``env``, ``agent``, ``protocol`` and per-seed blocks of a result entry,
+and the validated :class:`~plasticity_gym.harness.result.Result` assembled from them."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+import plasticity_gym
+from plasticity_gym.harness._io import sha256_of, to_jsonable
+from plasticity_gym.harness.resolve import AgentSpec
+from plasticity_gym.harness.result import Result, hardware, now_iso, summarize, versions
+from plasticity_gym.harness.schema import SCHEMA_VERSION
+
+
+def env_record(env_id: str, env_u: Any) -> dict[str, Any]:
+    """The ``env`` block: id, resolved kwargs and their hash, data identity, budget."""
+    kwargs = to_jsonable(dict(env_u.config))
+    data_id = to_jsonable(dict(env_u.data_id))
+    data = {k: data_id.pop(k) for k in ("name", "split", "n_examples", "sha256")}
+    if data_id:
+        data["details"] = data_id
+    return {
+        "id": env_id,
+        "package_version": plasticity_gym.__version__,
+        "scale": str(env_u.scale),
+        "kwargs": kwargs,
+        "kwargs_hash": sha256_of(kwargs),
+        "data": data,
+        "budget": {
+            "n_examples_total": int(env_u.n_examples_total),
+            "n_tasks": int(env_u.n_tasks),
+            "examples_per_task": None if env_u.examples_per_task is None else int(env_u.examples_per_task),
+            "batch_size": int(env_u.batch_size),
+        },
+    }
+
+
+def agent_record(agent: Any, spec: AgentSpec) -> dict[str, Any]:
+    """The ``agent`` block of a result: name, config and its hash, declarations."""
+    config = getattr(agent, "config", None)
+    if callable(getattr(config, "to_dict", None)):
+        config = config.to_dict()
+    config = to_jsonable(config) if config is not None else {}
+    if not isinstance(config, dict):
+        config = {"value": config}
+    if spec.source == "custom" and spec.overrides:
+        config = {**config, **to_jsonable(dict(spec.overrides))}
+    return {
+        "name": str(getattr(agent, "name", None) or spec.ident),
+        "source": spec.source,
+        "factory": spec.ident,
+        "config": config,
+        "config_hash": sha256_of(config),
+        "uses_task_boundaries": bool(agent.uses_task_boundaries),
+        "learns_only_in_train": bool(getattr(agent, "learns_only_in_train", True)),
+    }
+
+
+def metric_of(action_space: gym.Space) -> str:
+    """Classification (labels) is scored by accuracy, regression (values) by squared error."""
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        return "accuracy"
+    if isinstance(action_space, gym.spaces.Box):
+        return "squared_error"
+    raise TypeError(f"unsupported action space for a supervised stream: {action_space}")
+
+
+def flatten_numbers(d: Mapping[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """Nested metric dicts → ``{"layer.metric": value}``, numbers only (non-finite → None)."""
+    out: dict[str, float | None] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_numbers(v, key + "."))
+            continue
+        if hasattr(v, "item") and tuple(getattr(v, "shape", (0,))) == ():
+            v = v.item()  # 0-d tensor / numpy scalar
+        if isinstance(v, (bool, np.bool_)):
+            v = float(v)
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            f = float(v)
+            out[key] = f if np.isfinite(f) else None
+    return out
+
+
+class PlasticityLog:
+    """Probe results of one seed: ``task`` ids and a series per metric name (None-padded)."""
+
+    def __init__(self) -> None:
+        self.task: list[int] = []
+        self.metrics: dict[str, list[float | None]] = {}
+
+    def add(self, task: int, values: Mapping[str, float | None]) -> None:
+        n = len(self.task)
+        for k, v in values.items():
+            self.metrics.setdefault(k, [None] * n).append(v)
+        self.task.append(int(task))
+        for series in self.metrics.values():
+            if len(series) < n + 1:
+                series.append(None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": list(self.task), "metrics": {k: list(v) for k, v in self.metrics.items()}}
+
+
+def build_result(
+    *,
+    env_rec: dict[str, Any],
+    agent_rec: dict[str, Any],
+    metric: str,
+    bin_examples: int | None,
+    probe_every: int,
+    probe_size: int,
+    device: str,
+    seeds: Sequence[int],
+    runs: list[dict[str, Any]],
+    command: str,
+    fallback_wall_s: float = 0.0,
+    execution: str = "sequential",
+    probe_tasks: Sequence[int] | None = None,
+) -> Result:
+    """Assemble and validate a result entry from finished per-seed runs."""
+    protocol: dict[str, Any] = {
+        "metric": metric,
+        "probe_every_tasks": probe_every,
+        "probe_size": probe_size,
+        "bin_examples": bin_examples,
+        "device": device,
+        "execution": execution,
+    }
+    if probe_tasks is not None:
+        protocol["probe_tasks"] = [int(t) for t in probe_tasks]
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "env": env_rec,
+        "agent": agent_rec,
+        "protocol": protocol,
+        "seeds": list(seeds),
+        "runs": runs,
+        "summary": summarize(metric, runs),
+        "provenance": {
+            "command": command,
+            "created": now_iso(),
+            "wall_time_s": round(sum(r["wall_time_s"] for r in runs) or fallback_wall_s, 3),
+            "hardware": hardware(device),
+            "versions": versions(),
+        },
+    }
+    result = Result(to_jsonable(data))
+    result.validate()
+    return result

@@ -1,0 +1,155 @@
+"""Resolving agents: a reference name, ``"module:factory"`` or a callable → how to build it.
+
+The harness talks to an agent only through the Agent protocol (``act``, ``observe``,
+``uses_task_boundaries``; optionally ``probe_model``, ``state_dict``/``load_state_dict``,
+``name``, ``config``), so a user's agent is built and run exactly like a reference one. Reference
+MLP agents can also be built as one lockstep learner for many seeds (``AgentSpec.build_lockstep``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import gymnasium as gym
+
+AgentFactory = Callable[..., Any]
+"""``factory(observation_space, action_space, *, seed: int, device: str) -> Agent``."""
+
+
+class AgentProtocolError(TypeError):
+    """The object a factory returned does not follow the Agent protocol."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """How to build the agent of every seed, and how the result names where it came from."""
+
+    build: Callable[..., Any]  # (observation_space, action_space, seed, device) -> agent
+    source: str  # "reference" or "custom"
+    ident: str  # reference name, or "module:qualname"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Reference MLP agents can run many seeds as one computation:
+    # lockstep_reason(obs_space, act_space) -> None when they can, else why not;
+    # build_lockstep(obs_space, act_space, seeds, device) -> one learner for every seed.
+    lockstep_reason: Callable[..., str | None] | None = None
+    build_lockstep: Callable[..., Any] | None = None
+
+
+def load_factory(spec: str) -> AgentFactory:
+    """Import ``module:attr`` (``attr`` may be dotted) and return it; errors say what failed."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"agent factory must be given as module:factory, got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for agent {spec!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (agent {spec!r})") from None
+    if not callable(obj):
+        raise ValueError(f"agent factory {spec!r} is not callable")
+    return obj
+
+
+def resolve_agent(
+    agent: str | AgentFactory,
+    *,
+    env_id: str,
+    scale: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentSpec:
+    """A reference agent name, a ``"module:factory"`` string or a factory callable → spec.
+
+    Reference agents are built by ``agents.make_agent`` with their (env, scale) defaults and
+    ``overrides`` on top (an env without named defaults gets defaults inferred from its spaces);
+    a user's factory gets ``overrides`` as keyword arguments.
+    """
+    overrides = dict(overrides or {})
+    if callable(agent):
+        ident = f"{getattr(agent, '__module__', '?')}:{getattr(agent, '__qualname__', repr(agent))}"
+        return AgentSpec(custom_builder(agent, overrides), "custom", ident, overrides)
+    if not isinstance(agent, str) or not agent:
+        raise TypeError(f"agent must be a reference name, 'module:factory' or a callable, got {agent!r}")
+    if ":" in agent:
+        return AgentSpec(custom_builder(load_factory(agent), overrides), "custom", agent, overrides)
+
+    import agents as reference  # lazy: the harness needs the agents package only for names
+
+    names = tuple(getattr(reference, "AGENT_NAMES", ()))
+    if agent not in names:
+        raise ValueError(
+            f"unknown agent {agent!r}; reference agents: {', '.join(names) or '(none installed)'}; "
+            "or give your own as module:factory"
+        )
+    # Only ids with named defaults are passed on: any other env (a user's, a test's) gets the
+    # defaults the agents infer from its spaces.
+    defaults_id = env_id if env_id in getattr(reference, "ENV_IDS", (env_id,)) else None
+
+    def build(observation_space, action_space, seed, device):
+        return reference.make_agent(
+            agent, observation_space, action_space, env_id=defaults_id, scale=scale,
+            overrides=overrides or None, seed=seed, device=device,
+        )
+
+    def config(observation_space, action_space):
+        return reference.resolve_config(agent, observation_space, action_space, env_id=defaults_id,
+                                        scale=scale, overrides=overrides or None)
+
+    def lockstep_reason(observation_space, action_space):
+        from agents.lockstep import lockstep_support
+
+        return lockstep_support(config(observation_space, action_space))
+
+    def build_lockstep(observation_space, action_space, seeds, device):
+        from agents.lockstep import LockstepLearner
+
+        return LockstepLearner(agent, config(observation_space, action_space), observation_space,
+                               action_space, seeds=seeds, device=device)
+
+    return AgentSpec(build, "reference", agent, overrides, lockstep_reason, build_lockstep)
+
+
+def custom_builder(factory: AgentFactory, overrides: Mapping[str, Any]) -> Callable[..., Any]:
+    """``build(observation_space, action_space, seed, device)`` calling a user's factory."""
+    def build(observation_space, action_space, seed, device):
+        return factory(observation_space, action_space, seed=seed, device=device, **overrides)
+
+    return build
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def check_agent(agent: Any, ident: str) -> None:
+    """Raise :class:`AgentProtocolError` naming what ``agent`` lacks of the Agent protocol."""
+    missing = [a for a in ("act", "observe") if not callable(getattr(agent, a, None))]
+    if not hasattr(agent, "uses_task_boundaries"):
+        missing.append("uses_task_boundaries")
+    if missing:
+        raise AgentProtocolError(
+            f"agent {ident!r} does not follow the Agent protocol (agents/protocol.py): "
+            f"missing {', '.join(missing)}"
+        )
+
+
+def has_vector_env(env_id: str) -> bool:
+    """True when ``env_id`` registers a native ``vector_entry_point``."""
+    try:
+        return gym.spec(env_id).vector_entry_point is not None
+    except gym.error.Error:
+        return False

@@ -1,0 +1,81 @@
+"""The walls of the code base, read from the imports: no import circle among the modules of
+``plasticity_gym/`` and ``agents/`` (lazy imports inside functions count), and no module
+imports another module's underscore names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in ("plasticity_gym", "agents"):
+        for f in (REPO / pkg).rglob("*.py"):
+            name = ".".join(f.relative_to(REPO).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = f
+    return mods
+
+
+def _imports(path: Path):
+    """(imported module, imported names) of every absolute import in the file."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+
+
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    private = []
+    for m, f in mods.items():
+        for target, names in _imports(f):
+            if target in mods and target != m:
+                graph[m].add(target)
+                hidden = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if hidden:
+                    private.append(f"{m} imports {target}.{', '.join(hidden)}")
+    return graph, private
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                found.append(stack[stack.index(v):] + [v])
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = 2
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u)
+    return found
+
+
+def test_the_checker_sees_circles():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle():
+    graph, _ = _graph()
+    assert "plasticity_gym.harness.loop" in graph and "agents.lockstep" in graph  # the walk found the code
+    assert _circles(graph) == []
+
+
+def test_no_module_imports_another_modules_underscore_names():
+    _, private = _graph()
+    assert private == []
