@@ -220,3 +220,28 @@ def test_stand_in_store_caches_and_names_itself():
     assert load_imagenet32("synthetic", per_class=6).data_id == store.data_id
     with pytest.raises(ValueError, match="data_dir applies to data='imagenet32' only"):
         load_imagenet32("synthetic", data_dir="/x")
+
+
+def test_cli_prepares_imagenet32_and_lists_it(tmp_path, capsys):
+    """`plasticity-gym data imagenet32 --from DIR --to OUT`, then `data list --data-dir OUT`."""
+    from plasticity_gym.harness.cli import main
+
+    batches = official_batches(n_batches=2, per_class_per_batch=2)
+    source = write_batches(tmp_path / "raw", batches)
+    out = tmp_path / "prepared"
+    assert main(["data", "imagenet32", "--from", str(source), "--to", str(out), "--per-class", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    prepared = np.load(next(out.glob("*.npy")), mmap_mode="r")
+    assert prepared.shape == (1000, 3, 3072)
+    np.testing.assert_array_equal(prepared, first_per_class(batches, 3))
+    assert main(["data", "list", "--data-dir", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert any(line.startswith("found") and "data='imagenet32'" in line for line in listing.splitlines())
+
+
+def test_cli_reports_a_missing_source_in_one_line(tmp_path, capsys):
+    from plasticity_gym.harness.cli import main
+
+    assert main(["data", "imagenet32", "--from", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plasticity-gym: error:") and "nowhere" in err

@@ -156,6 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the run commands, run nothing")
     p.set_defaults(func=cmd_reference)
 
+    p = sub.add_parser("data", help="find the data sets, prepare ImageNet32, fetch CIFAR-100")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="{list,imagenet32,cifar100}")
+    q = data.add_parser("list", help="say which data sets were found where, and how to get the others")
+    q.add_argument("--data-dir", help="also look here (default: $PLASTICITY_GYM_DATA and the cache)")
+    q.set_defaults(func=cmd_data_list)
+    q = data.add_parser("imagenet32", help="prepare the official ImageNet32 training batches once "
+                        "(the first 700 images of each class, as one memory-mapped array)")
+    q.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="folder with train_data_batch_1..10 (.npz, or the pickled batches)")
+    q.add_argument("--to", dest="out", metavar="DIR",
+                   help="where to write imagenet32_700.npy (default: $PLASTICITY_GYM_DATA/imagenet32, "
+                   "else the cache); then pass data_dir=DIR to the env")
+    q.add_argument("--per-class", type=int, default=700, help="images kept per class (default 700)")
+    q.set_defaults(func=cmd_data_imagenet32)
+    q = data.add_parser("cifar100", help="download CIFAR-100 (torchvision) into --data-dir or the cache")
+    q.add_argument("--data-dir", help="download here (default: the cache)")
+    q.set_defaults(func=cmd_data_cifar100)
+
     p = sub.add_parser("submit", help="validate a result and file it under its board")
     p.add_argument("file")
     p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
@@ -284,6 +302,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     dest = boards.submit(args.file, Path(args.dir) if args.dir else boards.default_dir(), name=args.name)
     print(f"filed {args.file} as {dest}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from plasticity_gym.data import find_datasets, format_datasets
+
+    print(format_datasets(find_datasets(args.data_dir), args.data_dir))
+    return 0
+
+
+def cmd_data_imagenet32(args: argparse.Namespace) -> int:
+    from plasticity_gym.data import convert_imagenet32
+
+    path = convert_imagenet32(args.source, args.out, per_class=args.per_class, progress=print)
+    print(f"wrote {path}" + (f"; pass data_dir={args.out} to the env" if args.out else ""))
+    return 0
+
+
+def cmd_data_cifar100(args: argparse.Namespace) -> int:
+    from plasticity_gym.data import load_cifar100
+
+    load_cifar100("cifar100", args.data_dir, download=True)
+    print("CIFAR-100 is in place; `plasticity-gym data list` shows where")
     return 0
 
 
