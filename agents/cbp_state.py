@@ -1,4 +1,4 @@
-"""The bookkeeping of continual backpropagation, vectorised over replicas (SPEC §3).
+"""The bookkeeping of continual backpropagation, vectorised over replicas.
 
 One :class:`UnitStatistics` holds, for one group of hidden units in ``R`` independent replicas
 of a network (``R = 1`` for an ordinary network, ``R = seeds`` for a lockstep learner), every

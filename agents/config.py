@@ -229,7 +229,7 @@ class OptimizerConfig(ConfigBase):
 
 @dataclass(frozen=True)
 class CBPConfig(ConfigBase):
-    """Continual backpropagation (SPEC §3, Algorithm 1)."""
+    """Continual backpropagation (Dohare et al. 2024, Methods: Algorithm 1)."""
 
     replacement_rate: float = field(default=1e-4, metadata=_range(0.0, 1.0))
     maturity: int = field(default=100, metadata=_range(0))

@@ -1,7 +1,7 @@
-"""Named defaults of the reference agents per (env id, scale) (SPEC §3 and §5).
+"""Named defaults of the reference agents per (env id, scale).
 
-``paper`` follows the paper and the authors' code (SPEC §3); ``smoke``/``cpu`` follow the
-calibration of SPEC §5 (3×100 ReLU MLP, SGD 0.01 and CBP ρ 1e-4 / maturity 100 / η 0.99 on
+``paper`` follows the paper and the authors' code; ``smoke``/``cpu`` follow the
+calibration of the `cpu` scales (3×100 ReLU MLP, SGD 0.01 and CBP ρ 1e-4 / maturity 100 / η 0.99 on
 PermutedMNIST; 5 ReLU units, SGD 0.01 on SlowRegression). Values that the paper does not give
 for a problem (e.g. Adam's step size on SlowRegression) are marked "ours" below.
 

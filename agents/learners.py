@@ -1,4 +1,4 @@
-"""The supervised reference learner: every baseline of SPEC §3 as one configurable class.
+"""The supervised reference learner: every baseline of the paper as one configurable class.
 
 Which method runs is decided by the :class:`~agents.config.LearnerConfig` sections:
 

@@ -115,7 +115,7 @@ class MLP(PlasticNetwork):
 
 
 class ConvNet(PlasticNetwork):
-    """The Continual ImageNet network (SPEC §2, Extended Data Table 3).
+    """The Continual ImageNet network (Dohare et al. 2024, Extended Data Table 3).
 
     conv 3→32 5×5, 32→64 3×3, 64→128 3×3, each ReLU + 2×2 max-pool; flatten (512 for 32×32
     input); linear 512→128→128→n. Kaiming-uniform (ReLU gain) hidden layers, gain-1 head.

@@ -1,7 +1,7 @@
 """The arena: several named learners face the identical stream, as a PettingZoo ``ParallelEnv``.
 
 Every learner gets its own copy of the environment, and all copies are reset with the same
-seed. The supervised streams derive everything from the seed (SPEC §1), so the copies produce
+seed. The supervised streams derive everything from the seed, so the copies produce
 byte-identical observations while each copy scores only its own learner's prediction. Copies
 (rather than one stream scored several times) keep the arena independent of how an env scores
 an action, and are the same mechanism an RL env needs: for AntFriction-v0, one Ant per learner

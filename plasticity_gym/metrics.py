@@ -1,4 +1,4 @@
-"""Plasticity diagnostics on any torch module and a probe batch (SPEC §4, docs/design.md §4).
+"""Plasticity diagnostics on any torch module and a probe batch (docs/design.md §4).
 
 ``measure(module, probe_x)`` captures every hidden representation with forward hooks on the
 module's activation modules (ReLU, LeakyReLU, ELU, Tanh, Sigmoid, SiLU, GELU, Softplus, …) and

@@ -10,7 +10,7 @@ import gymnasium as gym
 class _Entry(NamedTuple):
     entry_point: str
     vector_entry_point: str | None = None
-    # None: the env knows its own length (the supervised streams, SPEC §1), no TimeLimit.
+    # None: the env knows its own length (the supervised streams), no TimeLimit.
     max_episode_steps: int | None = None
     episodic: bool = False  # an RL env with episodes (not the supervised-stream protocol)
 

@@ -1,4 +1,4 @@
-"""ClassIncCIFAR100-v0: class-incremental CIFAR-100 (Dohare et al. 2024, Methods; SPEC §2)."""
+"""ClassIncCIFAR100-v0: class-incremental CIFAR-100 (Dohare et al. 2024, Methods)."""
 
 from __future__ import annotations
 

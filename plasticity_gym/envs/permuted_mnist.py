@@ -1,4 +1,4 @@
-"""PermutedMNIST-v0: Online Permuted MNIST (Dohare et al. 2024, Methods; SPEC §2)."""
+"""PermutedMNIST-v0: Online Permuted MNIST (Dohare et al. 2024, Methods)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
     ``paper``     mnist       800          60,000 (each once)  60,000
     ============  ==========  ===========  ==================  ==========
 
-    ``cpu`` is SPEC §5's calibration: a 3×100 ReLU MLP trained by backprop visibly loses
+    ``cpu`` is the calibrated CPU scale: a 3×100 ReLU MLP trained by backprop visibly loses
     plasticity over its 200 tasks. ``paper`` is the paper's protocol and needs the MNIST files.
     """
 

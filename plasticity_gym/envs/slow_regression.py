@@ -1,4 +1,4 @@
-"""SlowRegression-v0: Slowly-Changing Regression (Dohare et al. 2024, Methods; SPEC §2)."""
+"""SlowRegression-v0: Slowly-Changing Regression (Dohare et al. 2024, Methods)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class SlowRegressionEnv(SupervisedStreamEnv):
     ``n_slow_bits`` slow bits (15), ``n_random_bits`` random bits (5) drawn afresh for every
     example, and a constant bias bit 1, in that order. The slow bits start uniformly random;
     every ``flip_interval`` (T = 10,000) examples exactly one of them, chosen uniformly, is
-    flipped. (The authors' code resamples all slow bits by default; SPEC §2 follows the paper.)
+    flipped. (The authors' code resamples all slow bits by default; this env follows the paper.)
 
     The target network is drawn from the stream seed and fixed: ``n_hidden`` (100) linear
     threshold units whose input weights ``w_ij`` (bias weight ``b_i`` included), output
@@ -71,7 +71,7 @@ class SlowRegressionEnv(SupervisedStreamEnv):
     ``paper``     3,000,000    10,000         300
     ============  ===========  =============  =======
 
-    The paper's protocol is itself CPU-sized (SPEC §5), so ``cpu`` equals ``paper``. ``smoke``
+    The paper's protocol is itself CPU-sized, so ``cpu`` equals ``paper``. ``smoke``
     shortens the stream and flips more often so that a few seconds cover several tasks.
     """
 

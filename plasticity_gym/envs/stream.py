@@ -1,4 +1,4 @@
-"""The supervised-stream protocol shared by the supervised environments (SPEC §1, design.md §1).
+"""The supervised-stream protocol shared by the supervised environments (docs/design.md §1).
 
 A supervised continual problem is one long Gymnasium episode: the observation is a batch of
 inputs, the action is the agent's prediction for every example of the batch, the reward scores

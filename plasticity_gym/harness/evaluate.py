@@ -78,7 +78,7 @@ def evaluate(
             (0: never). Default: every task, thinned evenly to at most 100 probes per run
             (every ``ceil(n_tasks / 100)``-th task). Agents without ``probe_model()`` are not
             probed. The result records the probed tasks (``protocol.probe_tasks``).
-        probe_size: examples in the probe batch (SPEC §4: 2,000).
+        probe_size: examples in the probe batch (2,000, as in the paper).
         bin_examples: bin width of the binned error (regression); default 40,000, narrowed
             on streams too short for 10 bins.
         checkpoint: path of the checkpoint file; ``None`` disables checkpointing.
