@@ -21,8 +21,17 @@ from agents.config import (
     ShrinkPerturbConfig,
     config_hash,
 )
-from agents.defaults import AGENT_NAMES, ENV_IDS, SCALES, default_config, defaults_table
+from agents.defaults import (
+    AGENT_NAMES,
+    ENV_IDS,
+    RL_AGENT_NAMES,
+    SCALES,
+    default_config,
+    defaults_table,
+    rl_default_overrides,
+)
 from agents.learners import SupervisedLearner, task_spec
+from agents.ppo import PPOAgent, PPOConfig, make_ppo_agent
 from agents.protocol import Agent
 
 __all__ = [
@@ -30,6 +39,9 @@ __all__ = [
     "ENV_IDS",
     "SCALES",
     "Agent",
+    "PPOAgent",
+    "PPOConfig",
+    "RL_AGENT_NAMES",
     "CBPConfig",
     "LearnerConfig",
     "NetworkConfig",
@@ -41,6 +53,7 @@ __all__ = [
     "default_config",
     "defaults_table",
     "make_agent",
+    "make_ppo_agent",
     "resolve_config",
 ]
 
@@ -59,8 +72,10 @@ def resolve_config(name: str, observation_space: gym.Space, action_space: gym.Sp
 def make_agent(name: str, observation_space: gym.Space, action_space: gym.Space, *,
                env_id: str | None = None, scale: str | None = None,
                overrides: dict[str, Any] | None = None, seed: int = 0,
-               device: str = "auto") -> SupervisedLearner:
-    """Build reference agent ``name`` (one of ``AGENT_NAMES``).
+               device: str = "auto") -> SupervisedLearner | PPOAgent:
+    """Build reference agent ``name``: a supervised learner (one of ``AGENT_NAMES``) or a PPO
+    variant for a continuous-control env (one of ``RL_AGENT_NAMES``, given the single env's
+    spaces; it drives a vector env of ``config.num_envs`` copies, see ``agents/ppo.py``).
 
     ``env_id`` picks the named defaults of one of ``ENV_IDS`` (another id is an error); with
     ``env_id=None`` the defaults are inferred from the spaces (a regression stream gets
@@ -69,6 +84,12 @@ def make_agent(name: str, observation_space: gym.Space, action_space: gym.Space,
     ``{"optimizer": {"lr": 0.003}, "cbp": {"replacement_rate": 1e-5}}``; unknown keys and bad
     values raise ``ValueError``. ``device="auto"`` picks CUDA when available.
     """
+    if name in RL_AGENT_NAMES:
+        from agents.config import deep_merge
+
+        return make_ppo_agent(name, observation_space, action_space,
+                              overrides=deep_merge(rl_default_overrides(name, scale), overrides),
+                              seed=seed, device=device)
     config = resolve_config(name, observation_space, action_space, env_id=env_id, scale=scale,
                             overrides=overrides)
     return SupervisedLearner(name, config, observation_space, action_space, seed=seed,

@@ -19,13 +19,32 @@ from typing import Any
 
 from agents.config import deep_merge
 
-__all__ = ["AGENT_NAMES", "ENV_IDS", "SCALES", "default_config", "defaults_table"]
+__all__ = ["AGENT_NAMES", "ENV_IDS", "RL_AGENT_NAMES", "SCALES", "default_config", "defaults_table",
+           "rl_default_overrides"]
 
 AGENT_NAMES: tuple[str, ...] = (
     "backprop", "adam", "l2", "shrink-perturb", "dropout", "redo", "head-reset", "retrain",
     "linear", "cbp",
 )
 SCALES: tuple[str, ...] = ("smoke", "cpu", "paper")
+# The PPO variants for continuous-control envs (agents.ppo); kept apart from AGENT_NAMES, the
+# supervised learners, so that a supervised stream never gets a PPO config.
+RL_AGENT_NAMES: tuple[str, ...] = ("ppo", "ppo-tuned", "ppo-l2", "ppo-cbp", "ppo-redo")
+# On top of agents.ppo's variants; the cpu and paper scales are the paper's PPO unchanged.
+_PPO_SMOKE = {"hidden": [64, 64], "rollout_steps": 512, "epochs": 2, "minibatches": 4}
+
+
+def rl_default_overrides(name: str, scale: str | None) -> dict[str, Any]:
+    """Scale-specific changes to PPO variant ``name`` (only ``smoke`` has any: small and fast)."""
+    if name not in RL_AGENT_NAMES:
+        raise ValueError(f"unknown PPO variant {name!r}; valid: {', '.join(RL_AGENT_NAMES)}")
+    scale = "cpu" if scale is None else scale
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    if scale != "smoke":
+        return {}
+    # Only ppo-cbp gets a cbp section: a cbp dict on another variant would switch CBP on.
+    return dict(_PPO_SMOKE, cbp={"maturity": 100}) if name == "ppo-cbp" else dict(_PPO_SMOKE)
 
 _CBP = {"replacement_rate": 1e-4, "maturity": 100, "decay": 0.99, "utility": "contribution"}
 _REDO = {"threshold": 0.1, "period": 100}  # the paper's best ReDo setting (on Ant)

@@ -81,6 +81,9 @@ def resolve_agent(
     import agents as reference  # lazy: the harness needs the agents package only for names
 
     names = tuple(getattr(reference, "AGENT_NAMES", ()))
+    if agent in getattr(reference, "RL_AGENT_NAMES", ()):
+        raise ValueError(f"{agent!r} is a PPO agent for episodic continuous-control envs, which the "
+                         "harness does not run yet; train it with agents.ppo.train (see docs/ppo.md)")
     if agent not in names:
         raise ValueError(
             f"unknown agent {agent!r}; reference agents: {', '.join(names) or '(none installed)'}; "
