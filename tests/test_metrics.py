@@ -85,9 +85,11 @@ def test_measure_on_a_network_with_a_dead_unit():
 
 
 def test_measure_conv_channels_and_chunking():
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     with torch.no_grad():
-        net[0].bias.copy_(torch.tensor([0.0, 0.0, -100.0, 0.0]))
+        # |conv(x)| ≤ 9 · (1/3) on inputs in [0, 1]: channel 2 is dead, the others always fire.
+        net[0].bias.copy_(torch.tensor([5.0, 5.0, -100.0, 5.0]))
     x = torch.rand(50, 1, 8, 8)
     a = measure(net, x, batch_size=7)
     b = measure(net, x, batch_size=500)

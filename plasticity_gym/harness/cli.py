@@ -85,11 +85,18 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                       help="never show it (default: only on a terminal, not under CI=true)")
 
 
+def _version() -> str:
+    import plasticity_gym
+
+    return plasticity_gym.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plasticity-gym",
         description="Run, check, rank and plot loss-of-plasticity benchmark results.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run an agent over seeds and write a result entry")

@@ -28,6 +28,7 @@ from plasticity_gym.harness.resolve import (
     load_factory,
     resolve_agent,
     resolve_device,
+    seed_list,
 )
 from plasticity_gym.harness.result import Result
 from plasticity_gym.harness.threads import set_threads
@@ -44,7 +45,7 @@ def evaluate(
     env_id: str,
     agent_factory: str | AgentFactory,
     scale: str = "cpu",
-    seeds: Sequence[int] = (0,),
+    seeds: int | Sequence[int] = (0,),
     env_kwargs: Mapping[str, Any] | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
@@ -68,7 +69,7 @@ def evaluate(
         agent_factory: a reference agent name (``"cbp"``), ``"module:factory"``, or a callable
             ``factory(observation_space, action_space, *, seed, device) -> Agent``.
         scale: the env's named scale (``"smoke"``, ``"cpu"``, ``"paper"``).
-        seeds: stream seeds; each seed gets a fresh env (``reset(seed=s)``) and a fresh agent
+        seeds: stream seeds, or their count ``n`` for seeds ``0..n-1``; each seed gets a fresh env (``reset(seed=s)``) and a fresh agent
             built with ``seed=s``, so two agents given the same seed see the identical stream.
         env_kwargs: env kwargs on top of the scale (recorded resolved, with their hash).
         overrides: agent config overrides (validated by reference agents; keyword arguments
@@ -96,9 +97,7 @@ def evaluate(
             own (every core), right for a run alone; give 1 to each of several runs at once
             (see :func:`plasticity_gym.harness.threads.set_threads`).
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    seeds = seed_list(seeds)
     if (probe_every is not None and probe_every < 0) or probe_size < 1:
         raise ValueError("probe_every must be >= 0 (or None for the default) and probe_size >= 1")
     if lockstep not in ("auto", "on", "off"):

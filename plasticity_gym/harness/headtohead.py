@@ -16,7 +16,7 @@ from plasticity_gym.harness.lanes import ArenaLanes
 from plasticity_gym.harness.loop import Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
 from plasticity_gym.harness.records import build_result
-from plasticity_gym.harness.resolve import AgentFactory, resolve_agent, resolve_device
+from plasticity_gym.harness.resolve import AgentFactory, resolve_agent, resolve_device, seed_list
 from plasticity_gym.harness.result import Result, bootstrap_ci
 from plasticity_gym.harness.threads import set_threads
 
@@ -78,7 +78,7 @@ def compare(
     env_id: str,
     agents: Sequence[str | AgentFactory],
     scale: str = "cpu",
-    seeds: Sequence[int] = (0,),
+    seeds: int | Sequence[int] = (0,),
     env_kwargs: Mapping[str, Any] | None = None,
     *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -96,7 +96,7 @@ def compare(
     """
     if len(agents) < 2:
         raise ValueError("compare needs at least two agents")
-    seeds = [int(s) for s in seeds]
+    seeds = seed_list(seeds)
     names = learner_names(agents)
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(names)

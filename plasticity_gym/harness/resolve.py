@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
+import numpy as np
 
 AgentFactory = Callable[..., Any]
 """``factory(observation_space, action_space, *, seed: int, device: str) -> Agent``."""
@@ -156,3 +157,17 @@ def has_vector_env(env_id: str) -> bool:
         return gym.spec(env_id).vector_entry_point is not None
     except gym.error.Error:
         return False
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """``seeds`` as a list: an int ``n`` means seeds ``0..n-1`` (as the CLI's ``--seeds N``)."""
+    if isinstance(seeds, bool):
+        raise ValueError(f"seeds must be an int or a list of distinct integers, got {seeds!r}")
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1 when given as a count, got {seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {out}")
+    return out

@@ -86,3 +86,31 @@ def test_submit_files_entry_under_its_board(tmp_path, cli):
     assert code == 0
     filed = list((tmp_path / "boards" / "FakeClassify-v0" / "smoke").glob("fake-mlp-*.json"))
     assert len(filed) == 1 and filed[0].read_bytes() == out.read_bytes()
+
+
+def test_seeds_may_be_given_as_a_count_as_on_the_command_line():
+    from plasticity_gym.harness.resolve import seed_list
+
+    assert seed_list(3) == [0, 1, 2]
+    assert seed_list((4, 7)) == [4, 7]
+    for bad in (0, -2, True, [], [1, 1]):
+        with pytest.raises(ValueError, match="seeds"):
+            seed_list(bad)
+
+
+def test_evaluate_accepts_a_seed_count():
+    from plasticity_gym.harness import evaluate
+
+    result = evaluate("SlowRegression-v0", "backprop", scale="smoke", seeds=2,
+                      env_kwargs={"n_examples": 4000})
+    assert result.seeds == [0, 1]
+
+
+def test_cli_version(capsys):
+    import plasticity_gym
+    from plasticity_gym.harness.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"plasticity-gym {plasticity_gym.__version__}"
