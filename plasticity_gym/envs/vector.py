@@ -250,14 +250,25 @@ class SupervisedStreamVectorEnv(VectorEnv):
         errors = values - target
         return np.einsum("ij,ij->i", errors, errors) * (-1.0 / self.batch_size)
 
-    def probe_batch(self, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-        """Every sub-stream's probe of its current task: ``(num_envs, n, *x_shape)``, ``(num_envs, n)``."""
+    def probe_batch(self, n: int = 2000, *, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every sub-stream's probe of its current task: ``(num_envs, n, *x_shape)``, ``(num_envs, n)``.
+
+        ``out``: an array of that shape and the observations' dtype to write the inputs into. A
+        caller that probes often passes the same one each time: a fresh array of N·n inputs costs
+        more in first-touch page faults than filling it does.
+        """
         if self._pos is None:
             raise StreamEndedError(f"{type(self).__name__}: call reset() first")
         n = SupervisedStreamEnv._check_positive_int("n", n)
         task_id = min(self._pos // self.examples_per_task, self.n_tasks - 1)
         parts = [env._probe(task_id, n, env._rng(ROLE_PROBE, task_id)) for env in self.envs]
-        return np.stack([x for x, _ in parts]), np.stack([y for _, y in parts])
+        if out is not None:
+            shape = (len(parts), *parts[0][0].shape)
+            if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != parts[0][0].dtype:
+                raise ValueError(f"probe_batch: out must be a numpy array of shape {shape} and dtype "
+                                 f"{parts[0][0].dtype}, got {getattr(out, 'shape', type(out).__name__)} "
+                                 f"{getattr(out, 'dtype', '')}")
+        return np.stack([x for x, _ in parts], out=out), np.stack([y for _, y in parts])
 
 
 class PermutedMNISTVectorEnv(SupervisedStreamVectorEnv):

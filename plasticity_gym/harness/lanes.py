@@ -166,6 +166,7 @@ class LockstepLanes:
         self._obs, self._info = obs, info
         self._batch = int(venv.batch_size)
         self._prober = ReplicaProber(learner)
+        self._probe_inputs: np.ndarray | None = None  # reused by every probe (not checkpointed)
         self._device_stream = DeviceStream(venv, learner.device) if mirror_on_device(learner, venv) else None
 
     @staticmethod
@@ -218,7 +219,11 @@ class LockstepLanes:
                 bool(truncated[0]))
 
     def probe(self, size: int) -> list[dict[str, float | None] | None]:
-        x, _ = self.venv.probe_batch(size)
+        if self._probe_inputs is None or self._probe_inputs.shape[1] != size:
+            x, _ = self.venv.probe_batch(size)
+            self._probe_inputs = x
+        else:
+            x, _ = self.venv.probe_batch(size, out=self._probe_inputs)
         return list(self._prober(x))
 
     def recorder(self, metric: str, bin_examples: int | None) -> VectorStreamRecorder:

@@ -76,6 +76,13 @@ def test_int_seed_means_consecutive_seeds_and_info_layout(env_id):
     assert vec.unwrapped.config["batch_size"] == 1 and vec.unwrapped.data_id["n_examples"] > 0
     px, py = vec.unwrapped.probe_batch(16)
     assert px.shape[:2] == (2, 16) and py.shape == (2, 16)
+    buffer = np.full_like(px, -1.0)
+    bx, by = vec.unwrapped.probe_batch(16, out=buffer)
+    assert bx is buffer  # written in place: a caller that probes often reuses one array
+    np.testing.assert_array_equal(bx, px)
+    np.testing.assert_array_equal(by, py)
+    with pytest.raises(ValueError, match="out must be"):
+        vec.unwrapped.probe_batch(16, out=np.empty((2, 15, *px.shape[2:]), px.dtype))
 
 
 @pytest.mark.parametrize("env_id", IDS)
