@@ -44,6 +44,7 @@ from torch import nn
 import plasticity_gym  # noqa: F401  (registers the envs)
 from agents import make_agent, resolve_config
 from agents.lockstep import LockstepLearner
+from plasticity_gym.harness.lanes import DeviceStream, mirror_on_device
 
 
 class Rate(NamedTuple):
@@ -70,11 +71,13 @@ def _timed(step, seconds: float, warmup: int = 50) -> Rate:
         step()
     rates = []
     for _ in range(WINDOWS):
+        _sync()
         n, start = 0, time.perf_counter()
         while True:
             for _ in range(10):
                 step()
             n += 10
+            _sync()
             elapsed = time.perf_counter() - start
             if elapsed >= seconds / WINDOWS:
                 break
@@ -134,10 +137,18 @@ def _set_windows(windows: int) -> None:
     WINDOWS = windows
 
 
+DEVICE = "cpu"  # the learners' torch device (main() sets it from --device); baselines stay on the CPU
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def single_learner(env_id: str, agent: str, overrides: dict, seconds: float) -> Rate:
     env = gym.make(env_id, scale="cpu")
     learner = make_agent(agent, env.observation_space, env.action_space, env_id=env_id,
-                         scale="cpu", overrides=overrides, device="cpu")
+                         scale="cpu", overrides=overrides, device=DEVICE)
     state = dict(zip(("obs", "info"), env.reset(seed=0)))
 
     def step() -> None:
@@ -155,14 +166,20 @@ def lockstep_learner(env_id: str, agent: str, overrides: dict, n_seeds: int, sec
     venv = gym.make_vec(env_id, num_envs=n_seeds, vectorization_mode="vector_entry_point", scale="cpu")
     osp, asp = venv.single_observation_space, venv.single_action_space
     config = resolve_config(agent, osp, asp, env_id=env_id, scale="cpu", overrides=overrides)
-    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device="cpu")
+    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device=DEVICE)
     state = dict(zip(("obs", "info"), venv.reset(seed=0)))
+    # On an accelerator the stream is mirrored there a block at a time, as `plasticity-gym run` does.
+    stream = DeviceStream(venv, learner.device) if mirror_on_device(learner, venv) else None
 
     def step() -> None:
-        obs = state["obs"]
+        if stream is None:
+            obs, extra = state["obs"], {}
+        else:
+            obs, target = stream.current()
+            extra = {"target": target}
         actions = learner.act(obs, state["info"])
         state["obs"], rewards, _, _, state["info"] = venv.step(actions)
-        learner.observe(obs, actions, rewards, state["info"])
+        learner.observe(obs, actions, rewards, dict(state["info"], **extra))
 
     rate = _timed(step, seconds, warmup=20) * n_seeds  # the warm-up includes any compiling
     return rate._replace(note="compiled" if learner.compiled else "")
@@ -176,13 +193,16 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS),
                         help="which problems to measure (default: all)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="the learners' device (default cpu); the plain-loop baselines stay on the CPU")
     parser.add_argument("--windows", type=int, default=5,
                         help="timing windows per case; the median window is reported (default 5)")
     args = parser.parse_args()
     if args.windows < 1:
         parser.error("--windows must be at least 1")
-    global WINDOWS
+    global WINDOWS, DEVICE
     WINDOWS = args.windows
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     sec = 1.5 if args.quick else 5.0
 
@@ -198,7 +218,7 @@ def main() -> None:
         print(f"{problem:<28} {what:<36} {learner:<14} {rate.median:>13,.0f} {spread:>21} {ratio}  {target}",
               flush=True)
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s); seed-examples per second, env in the loop; "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), learners on {DEVICE}; seed-examples per second, env in the loop; "
           f"median of {WINDOWS} windows of {sec / WINDOWS:.2f} s (and their range) per case")
     print(f"{'problem':<28} {'learner':<36} {'agent':<14} {'seed-ex/s':>13} {'windows min-max':>21} "
           f"{'vs base':>7} {'vs machine':>7}  target")
