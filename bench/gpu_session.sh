@@ -6,8 +6,9 @@
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+export PYTHONUNBUFFERED=1  # MUJOCO_GL is left as the caller set it: egl needs libEGL installed
 nvidia-smi -L
+lscpu | grep -E "Model name|^CPU\(s\)"; grep -o -E "amx_bf16|avx512_bf16|avx512f" /proc/cpuinfo | sort -u | tr "\n" " "; echo
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 echo "== bench/gpu_check.py"
 timeout 240 python3 bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.txt"
