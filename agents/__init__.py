@@ -12,58 +12,24 @@ from typing import Any
 
 import gymnasium as gym
 
-from agents.config import (
-    CBPConfig,
-    LearnerConfig,
-    NetworkConfig,
-    OptimizerConfig,
-    ReDoConfig,
-    ShrinkPerturbConfig,
-    config_hash,
-)
-from agents.defaults import (
-    AGENT_NAMES,
-    ENV_IDS,
-    RL_AGENT_NAMES,
-    SCALES,
-    default_config,
-    defaults_table,
-    rl_default_overrides,
-)
+from agents.config import (CBPConfig, LearnerConfig, NetworkConfig, OptimizerConfig, ReDoConfig,
+                           ShrinkPerturbConfig, config_hash, deep_merge)
+from agents.defaults import (AGENT_NAMES, ENV_IDS, RL_AGENT_NAMES, SCALES, default_config, defaults_table,
+                             rl_default_overrides)
 from agents.learners import SupervisedLearner, task_spec
 from agents.ppo import PPOAgent, PPOConfig, make_ppo_agent
 from agents.protocol import Agent
 
-__all__ = [
-    "AGENT_NAMES",
-    "ENV_IDS",
-    "SCALES",
-    "Agent",
-    "PPOAgent",
-    "PPOConfig",
-    "RL_AGENT_NAMES",
-    "CBPConfig",
-    "LearnerConfig",
-    "NetworkConfig",
-    "OptimizerConfig",
-    "ReDoConfig",
-    "ShrinkPerturbConfig",
-    "SupervisedLearner",
-    "config_hash",
-    "default_config",
-    "defaults_table",
-    "make_agent",
-    "make_ppo_agent",
-    "resolve_config",
-]
+__all__ = ["AGENT_NAMES", "ENV_IDS", "SCALES", "Agent", "PPOAgent", "PPOConfig", "RL_AGENT_NAMES", "CBPConfig",
+           "LearnerConfig", "NetworkConfig", "OptimizerConfig", "ReDoConfig", "ShrinkPerturbConfig",
+           "SupervisedLearner", "config_hash", "default_config", "defaults_table", "make_agent", "make_ppo_agent",
+           "resolve_config"]
 
 
 def resolve_config(name: str, observation_space: gym.Space, action_space: gym.Space, *,
                    env_id: str | None = None, scale: str | None = None,
                    overrides: dict[str, Any] | None = None) -> LearnerConfig:
     """The validated config ``make_agent`` would use (defaults, then ``overrides``)."""
-    from agents.config import deep_merge
-
     spec = task_spec(observation_space, action_space)
     base = default_config(name, env_id, scale, spec)
     return LearnerConfig.from_dict(deep_merge(base, overrides))
@@ -85,8 +51,6 @@ def make_agent(name: str, observation_space: gym.Space, action_space: gym.Space,
     values raise ``ValueError``. ``device="auto"`` picks CUDA when available.
     """
     if name in RL_AGENT_NAMES:
-        from agents.config import deep_merge
-
         return make_ppo_agent(name, observation_space, action_space,
                               overrides=deep_merge(rl_default_overrides(name, scale), overrides),
                               seed=seed, device=device)

@@ -1,31 +1,24 @@
 """The bookkeeping of continual backpropagation, vectorised over replicas.
 
-One :class:`UnitStatistics` holds, for one group of hidden units in ``R`` independent replicas
-of a network (``R = 1`` for an ordinary network, ``R = seeds`` for a lockstep learner), every
-quantity Algorithm 1 keeps: the utility ``u`` (equation 1), the running mean activation ``ĥ``
-(adaptable contribution), the ages, the replacement accumulator ``c`` and the replacement
-count. It decides *which* units to replace; the network-specific surgery (redrawing incoming
-weights, zeroing outgoing weights and optimizer slices) is done by the caller:
-:func:`agents.units.reinit_units` for ``nn.Module`` networks, the lockstep learner's own
-indexing for stacked weights. Both :class:`agents.cbp.ContinualBackprop` (one replica per
-group) and :class:`agents.lockstep.LockstepLearner` (one replica per seed) use this class, so
-the decision rule exists once.
-
-The common step (no replacement due) costs a handful of small array operations: ages are kept
-as birth steps (age = steps − birth), the number of mature units per replica is kept up to
-date from a queue of the steps at which young units mature, and on the CPU the utility
-arithmetic runs in numpy on views of the tensors' memory (numpy's per-call overhead is a
-fraction of torch's for arrays this small).
+One :class:`UnitStatistics` holds what Algorithm 1 keeps for a group of hidden units in ``R``
+replicas (1 for an ordinary network, one per seed in the learner core): utility (equation 1),
+running mean activation ĥ, ages, replacement accumulator and count. It decides *which* units to
+replace; :func:`agents.units.reinit_slices` replaces them.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
+import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from agents.arrays import NUMPY, TORCH
 from agents.config import CBPConfig
+from agents.optim import along, replica_scalar
 
 __all__ = ["UnitStatistics"]
 
@@ -33,16 +26,14 @@ __all__ = ["UnitStatistics"]
 class UnitStatistics:
     """CBP statistics of ``n_units`` hidden units in each of ``n_replicas`` replicas.
 
-    Attributes: ``utility`` and ``mean_act`` (``(R, n)`` tensors on the network's device; ``mean_act``
-    is ĥ, kept for the adaptable contribution and for the next-layer bias correction),
-    ``age`` (``(R, n)`` int64 tensor, read-only: updates since the unit was created or
-    replaced), ``to_replace`` (``(R,)`` float64 numpy: the accumulator c), ``replacements``
-    (``(R,)`` int64 numpy) and ``steps`` (updates so far).
+    ``config``: one :class:`~agents.config.CBPConfig`, or one per replica, alike but for the
+    replacement rate, maturity and decay. Attributes: ``utility`` and ``mean_act`` (ĥ; ``(R, n)``
+    tensors on the network's device), ``to_replace`` (``(R,)`` float64 numpy: the accumulator c),
+    ``replacements`` (``(R,)`` int64 numpy) and ``steps`` (updates so far); :meth:`ages`.
     """
 
-    def __init__(self, config: CBPConfig, n_replicas: int, n_units: int, *,
+    def __init__(self, config: CBPConfig | Sequence[CBPConfig], n_replicas: int, n_units: int, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        self._config = config
         self.n_replicas = int(n_replicas)
         self.n_units = int(n_units)
         self.utility = torch.zeros(n_replicas, n_units, device=device, dtype=dtype)
@@ -53,58 +44,60 @@ class UnitStatistics:
         cpu = self.utility.device.type == "cpu"
         self._utility_np = self.utility.numpy() if cpu else None
         self._mean_act_np = self.mean_act.numpy() if cpu else None
-        self._set_ages(np.zeros((n_replicas, n_units), dtype=np.int64))
+        self.steps, self._births = 0, np.zeros((n_replicas, n_units), dtype=np.int64)
+        self.config = config
 
     @property
     def config(self) -> CBPConfig:
-        return self._config
+        """Replica 0's config (the others differ at most in replacement rate, maturity and decay)."""
+        return self.configs[0]
 
     @config.setter
-    def config(self, config: CBPConfig) -> None:
-        """A new config (e.g. another replacement rate or maturity) takes effect from now on."""
-        self._config = config
+    def config(self, config: CBPConfig | Sequence[CBPConfig]) -> None:
+        """A new config, or one per replica, takes effect from now on."""
+        configs = [config] * self.n_replicas if isinstance(config, CBPConfig) else list(config)
+        if len(configs) != self.n_replicas:
+            raise ValueError(f"got {len(configs)} CBP configs for {self.n_replicas} replicas")
+        self.configs = configs
+        self._rate = np.array([c.replacement_rate for c in configs], dtype=np.float64)
+        self._maturity = np.array([c.maturity for c in configs], dtype=np.int64)
+        decay = replica_scalar([c.decay for c in configs], self.utility.device)
+        self._decay = along(decay, self.utility)  # a float, or (R, 1)
+        self._decay_np = decay if isinstance(decay, float) else self._decay.cpu().numpy()
         self._set_ages(self.ages())
 
     # -- ages and the mature-unit counts ---------------------------------------------------------
     def _set_ages(self, ages: np.ndarray) -> None:
         """Start from the given ages: births, mature counts and the maturation queue."""
-        maturity = self.config.maturity
+        maturity = self._maturity[:, None]
         self.steps = 0
         self._births = (-ages).astype(np.int64)  # host-side: decisions are made on the host
         self._eligible = np.count_nonzero(ages > maturity, axis=1).astype(np.int64)
-        self._increment = self._eligible * self.config.replacement_rate
-        # (step at which they mature, replica, units, their birth step), in step order.
-        self._maturing: deque[tuple[int, int, np.ndarray, int]] = deque()
-        young = np.argwhere(ages <= maturity)
-        if young.size:
-            births = self._births[young[:, 0], young[:, 1]]
-            order = np.lexsort((young[:, 0], births))
-            young, births = young[order], births[order]
-            keys = np.stack([births, young[:, 0]], 1)
-            starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(1)])
-            for s, e in zip(starts, np.r_[starts[1:], len(young)]):
-                birth, replica = int(births[s]), int(young[s, 0])
-                self._maturing.append((birth + maturity + 1, replica, young[s:e, 1].copy(), birth))
+        self._increment = self._eligible * self._rate
+        # A heap of (step at which they mature, tiebreak, replica, units, their birth step).
+        self._maturing: list[tuple[int, int, int, np.ndarray, int]] = []
+        self._order = itertools.count()
+        for r, birth in {(r, self._births[r, i]) for r, i in np.argwhere(ages <= maturity)}:
+            self._schedule(int(r), np.flatnonzero(self._births[r] == birth), int(birth))
+
+    def _schedule(self, replica: int, idx: np.ndarray, birth: int) -> None:
+        step = birth + int(self._maturity[replica]) + 1
+        heapq.heappush(self._maturing, (step, next(self._order), replica, idx, birth))
 
     def _advance(self) -> None:
         """One update later: every unit one step older; units reaching maturity now count."""
         self.steps += 1
         queue = self._maturing
         while queue and queue[0][0] <= self.steps:
-            _, replica, idx, birth = queue.popleft()
+            _, _, replica, idx, birth = heapq.heappop(queue)
             # Units replaced again before maturing have a later birth step and do not count.
             matured = int(np.count_nonzero(self._births[replica, idx] == birth))
             if matured:
                 self._eligible[replica] += matured
-                self._increment[replica] = self._eligible[replica] * self.config.replacement_rate
-
-    @property
-    def age(self) -> torch.Tensor:
-        """Every unit's age, ``(R, n)`` int64 on the statistics' device."""
-        return torch.from_numpy(self.ages()).to(self.utility.device)
+                self._increment[replica] = self._eligible[replica] * self._rate[replica]
 
     def ages(self) -> np.ndarray:
-        """Every unit's age, ``(R, n)`` int64 numpy."""
+        """Every unit's age (updates since it was created or replaced), ``(R, n)`` int64 numpy."""
         return self.steps - self._births
 
     def eligible_counts(self) -> np.ndarray:
@@ -112,88 +105,63 @@ class UnitStatistics:
         return self._eligible.copy()
 
     # -- reads ---------------------------------------------------------------------------------
-    def _decay_power(self) -> torch.Tensor:
-        """η^age for every unit (for the bias correction)."""
-        ages = torch.from_numpy(self.ages()).to(device=self.utility.device, dtype=self.utility.dtype)
-        return torch.pow(self.config.decay, ages)
+    def _bias_corrected(self, values: np.ndarray, ages: np.ndarray, decay: float | np.ndarray) -> np.ndarray:
+        """``values / (1 − η^age)`` where the age is above zero, else ``values`` (a new array)."""
+        denom = 1.0 - np.power(np.asarray(decay, dtype=np.float32), ages.astype(np.float32))
+        return np.divide(values, np.maximum(denom, np.float32(1e-12)), out=values.copy(), where=denom > 0)
 
     def corrected_utility(self) -> torch.Tensor:
         """The utility as CBP reads it: divided by (1 − η^age) when bias correction is on."""
-        u = self.utility
         if not (self.config.running_average and self.config.bias_correction):
-            return u
-        denom = 1.0 - self._decay_power()
-        return torch.where(denom > 0, u / denom.clamp_min(1e-12), u)
+            return self.utility
+        u = self._bias_corrected(self.utility.cpu().numpy(), self.ages(), self._decay_np)
+        return torch.from_numpy(u).to(self.utility.device)
 
     # -- the step ------------------------------------------------------------------------------
     def update(self, h: torch.Tensor | np.ndarray, out_magnitude: torch.Tensor | np.ndarray,
-               in_magnitude: torch.Tensor | None = None) -> None:
+               in_magnitude: torch.Tensor | np.ndarray | None = None) -> None:
         """Age every unit by one update and fold in this step's contribution.
 
         ``h``: the units' values, ``(R, M, n)`` over the ``M`` examples of the mini-batch, or
         ``(R, B, n, *spatial)`` (averaged over examples and positions); ``out_magnitude``:
         Σ_k |w_out,k| per unit, ``(R, n)``; ``in_magnitude``: Σ_j |w_in,j| per unit, needed by
-        the adaptable contribution. numpy arrays are accepted on the CPU.
+        the adaptable contribution. On the CPU it runs in numpy on the tensors' memory.
         """
         cfg = self.config
         self._advance()
-        if cfg.utility == "contribution" and self._utility_np is not None and h.ndim == 3:
-            h_np = _as_numpy(h)
-            self._update_contribution_numpy(h_np, _as_numpy(out_magnitude))
-            if cfg.next_layer_bias_correction:
-                m = self._mean_act_np  # ĥ ← η·ĥ + (1−η)·mean h, for the next-layer correction
-                m *= cfg.decay
-                m += (1.0 - cfg.decay) * (h_np[:, 0] if h_np.shape[1] == 1 else h_np.mean(1))
-            return
-        with torch.no_grad():
-            self._update_torch(torch.as_tensor(h, device=self.utility.device),
-                               torch.as_tensor(out_magnitude, device=self.utility.device), in_magnitude)
+        numpy = self._utility_np is not None
+        xp, u, m, eta = ((NUMPY, self._utility_np, self._mean_act_np, self._decay_np) if numpy else
+                         (TORCH, self.utility, self.mean_act, self._decay))
 
-    def _update_torch(self, h: torch.Tensor, out_magnitude: torch.Tensor,
-                      in_magnitude: torch.Tensor | None) -> None:
-        cfg = self.config
-        eta = cfg.decay
-        dims = [1, *range(3, h.dim())]
-        if cfg.utility == "contribution":
-            if cfg.next_layer_bias_correction:
-                self.mean_act.lerp_(h.mean(dims), 1.0 - eta)
-            if h.dim() == 3 and h.shape[1] == 1:  # the mean over one example is the example
-                inst = torch.mul(h.select(1, 0).abs(), out_magnitude)
-            else:
-                inst = h.abs().mean(dims).mul_(out_magnitude)
-        else:
+        def array(a: Any) -> Any:
+            if numpy:
+                return a if isinstance(a, np.ndarray) else a.detach().numpy()
+            return torch.as_tensor(a, device=self.utility.device)
+
+        h, out_magnitude = array(h), array(out_magnitude)
+        adaptable = cfg.utility != "contribution"
+        if adaptable or cfg.next_layer_bias_correction:
+            _running_average(m, xp.unit_mean(h), eta)  # ĥ
+        if adaptable:
             if in_magnitude is None:
                 raise ValueError("the adaptable contribution needs in_magnitude")
-            m = self.mean_act
-            m.lerp_(h.mean(dims), 1.0 - eta)
-            m_hat = m / (1.0 - self._decay_power()) if cfg.bias_correction else m
-            shape = (*m_hat.shape[:1], 1, m_hat.shape[1]) + (1,) * (h.dim() - 3)
-            inst = (h - m_hat.view(shape)).abs_().mean(dims).mul_(out_magnitude)
-            inst.div_(torch.as_tensor(in_magnitude, device=inst.device).clamp_min(1e-12))
-        if cfg.running_average:
-            self.utility.lerp_(inst, 1.0 - eta)  # η·u + (1−η)·inst
+            m_hat = m
+            if cfg.bias_correction:
+                m_hat = array(self._bias_corrected(m if numpy else m.cpu().numpy(), self.ages(), self._decay_np))
+            inst = xp.unit_mean(abs(h - m_hat.reshape(*m.shape[:1], 1, m.shape[1], *(1,) * (h.ndim - 3))))
+            inst *= out_magnitude
+            inst /= xp.clamp_min(array(in_magnitude), 1e-12)
         else:
-            self.utility.copy_(inst)
-
-    def _update_contribution_numpy(self, h: np.ndarray, out_magnitude: np.ndarray) -> None:
-        """The contribution utility, in numpy on the utility's memory (CPU)."""
-        inst = np.abs(h[:, 0]) if h.shape[1] == 1 else np.abs(h).mean(1, dtype=h.dtype)
-        inst *= out_magnitude
-        u = self._utility_np
-        if self.config.running_average:
-            eta = self.config.decay
-            u *= eta  # η·u + (1−η)·inst
-            inst *= 1.0 - eta
-            u += inst
+            inst = xp.unit_mean(abs(h))
+            inst *= out_magnitude
+        if cfg.running_average:
+            _running_average(u, inst, eta)
         else:
             u[...] = inst
 
     def due(self) -> dict[int, torch.Tensor]:
-        """Accumulate c += |eligible|·ρ and pick the units to replace now.
-
-        Returns ``{replica: unit indices}`` for the replicas with a replacement due (usually
-        none); the caller re-initialises those units and then calls :meth:`reset_units`.
-        """
+        """Accumulate c += |eligible|·ρ and pick the units to replace now: ``{replica: unit
+        indices}`` (usually empty); the caller replaces them, then calls :meth:`reset_units`."""
         self.to_replace += self._increment
         if self.to_replace.max() < 1.0:  # the common case: nothing due
             return {}
@@ -208,47 +176,33 @@ class UnitStatistics:
 
     def _lowest_mature(self, replica: int, k: int) -> torch.Tensor:
         """The ``k`` mature units of ``replica`` with the smallest corrected utility (ties: the
-        lower index first)."""
+        lower index first), decided on the host."""
         ages = self.steps - self._births[replica]
-        cfg = self.config
-        if self._utility_np is not None:  # CPU: a few numpy calls on one row
-            u = self._utility_np[replica].copy()
-            if cfg.running_average and cfg.bias_correction:
-                denom = 1.0 - np.power(np.float32(cfg.decay), ages.astype(np.float32))
-                np.divide(u, np.maximum(denom, np.float32(1e-12)), out=u, where=denom > 0)
-            u[ages <= cfg.maturity] = np.inf
-            return torch.from_numpy(np.argsort(u, kind="stable")[:k])
-        with torch.no_grad():
-            u = self.utility[replica]
-            ages_t = torch.from_numpy(ages).to(device=u.device, dtype=u.dtype)
-            if cfg.running_average and cfg.bias_correction:
-                denom = 1.0 - torch.pow(cfg.decay, ages_t)
-                u = torch.where(denom > 0, u / denom.clamp_min(1e-12), u)
-            u = torch.where(ages_t > cfg.maturity, u, torch.full_like(u, float("inf")))
-            return torch.sort(u, stable=True).indices[:k]
+        cfg = self.configs[replica]
+        u = self.utility[replica].cpu().numpy()
+        u = self._bias_corrected(u, ages, cfg.decay) if cfg.running_average and cfg.bias_correction else u.copy()
+        u[ages <= cfg.maturity] = np.inf
+        return torch.from_numpy(np.argsort(u, kind="stable")[:k]).to(self.utility.device)
 
-    @torch.no_grad()
     def expected_values(self, replica: int, idx: torch.Tensor | np.ndarray) -> torch.Tensor | None:
         """The bias-corrected mean activations ĥ/(1 − η^age) of units ``idx`` of ``replica``
         (read before :meth:`reset_units`), for the next-layer bias correction; ``None`` when
         ``config.next_layer_bias_correction`` is off."""
         if not self.config.next_layer_bias_correction:
             return None
-        idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.mean_act.device)
-        ages = torch.as_tensor(self.ages()[replica], device=self.mean_act.device)[idx_t]
-        denom = 1.0 - torch.pow(self.config.decay, ages.to(self.mean_act.dtype))
-        means = self.mean_act[replica, idx_t]
-        return torch.where(denom > 0, means / denom.clamp_min(1e-12), torch.zeros_like(means))
+        rows = idx.cpu().numpy() if torch.is_tensor(idx) else np.asarray(idx)
+        means = self.mean_act[replica].cpu().numpy()[rows]  # zero at age 0 (fresh or reset)
+        means = self._bias_corrected(means, self.ages()[replica, rows], self.configs[replica].decay)
+        return torch.from_numpy(means).to(self.mean_act.device)
 
-    @torch.no_grad()
     def reset_units(self, replica: int, idx: torch.Tensor | np.ndarray) -> None:
         """Utility, ĥ and age of re-initialised units back to zero."""
         idx_np = np.unique(idx.cpu().numpy() if torch.is_tensor(idx) else np.asarray(idx, dtype=np.int64))
-        was_mature = int(np.count_nonzero(self.steps - self._births[replica, idx_np] > self.config.maturity))
+        was_mature = int(np.count_nonzero(self.steps - self._births[replica, idx_np] > self._maturity[replica]))
         self._eligible[replica] -= was_mature
-        self._increment[replica] = self._eligible[replica] * self.config.replacement_rate
+        self._increment[replica] = self._eligible[replica] * self._rate[replica]
         self._births[replica, idx_np] = self.steps
-        self._maturing.append((self.steps + self.config.maturity + 1, replica, idx_np, self.steps))
+        self._schedule(replica, idx_np, self.steps)
         if self._utility_np is not None:
             self._utility_np[replica, idx_np] = 0
             self._mean_act_np[replica, idx_np] = 0
@@ -281,5 +235,7 @@ class UnitStatistics:
         self.replacements[:] = np.asarray(state["replacements"], dtype=np.int64)
 
 
-def _as_numpy(a: torch.Tensor | np.ndarray) -> np.ndarray:
-    return a if isinstance(a, np.ndarray) else a.detach().numpy()
+def _running_average(average: Any, x: Any, decay: Any) -> None:
+    """``average ← η·average + (1 − η)·x`` in place (η a float or ``(R, 1)``)."""
+    average *= decay
+    average += (1.0 - decay) * x

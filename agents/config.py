@@ -16,19 +16,10 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, TypeVar, Union
 
-__all__ = [
-    "CBPConfig",
-    "ConfigBase",
-    "LearnerConfig",
-    "NetworkConfig",
-    "OptimizerConfig",
-    "ReDoConfig",
-    "ShrinkPerturbConfig",
-    "config_hash",
-    "deep_merge",
-]
+__all__ = ["CBPConfig", "ConfigBase", "LearnerConfig", "NetworkConfig", "OptimizerConfig", "ReDoConfig",
+           "ShrinkPerturbConfig", "config_hash", "deep_merge"]
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -45,7 +36,9 @@ def _choices(*values: str) -> dict:
 class ConfigBase:
     """Mixin for the frozen config dataclasses."""
 
-    _section: ClassVar[str] = ""
+    def __post_init__(self) -> None:
+        """Check a directly constructed config as ``from_dict`` does (keys aside)."""
+        _validate_all(self)
 
     @classmethod
     def from_dict(cls: type[C], d: dict[str, Any] | None = None, *, _path: str | None = None) -> C:
@@ -56,25 +49,17 @@ class ConfigBase:
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ValueError(
-                f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                f"valid keys: {', '.join(sorted(fields))}"
-            )
+            raise ValueError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                             f"valid keys: {', '.join(sorted(fields))}")
         hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for name, value in d.items():
-            kwargs[name] = _coerce(value, hints[name], f"{path}.{name}", fields[name].metadata)
-        return cls(**kwargs)
+        return cls(**{name: _coerce(value, hints[name], f"{path}.{name}", fields[name].metadata)
+                      for name, value in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if isinstance(v, ConfigBase):
-                v = v.to_dict()
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
+            out[f.name] = v.to_dict() if isinstance(v, ConfigBase) else list(v) if isinstance(v, tuple) else v
         return out
 
     def config_hash(self) -> str:
@@ -103,11 +88,10 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[s
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return True, args[0]
+    """``(True, X)`` for ``X | None``, else ``(False, tp)``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return True, args[0] if args[1] is type(None) else args[1]
     return False, tp
 
 
@@ -125,12 +109,9 @@ def _coerce(value: Any, tp: Any, path: str, meta: dict | Any) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            elem_types = [args[0]] * len(value)
-        else:
-            if len(value) != len(args):
-                raise ValueError(f"{path}: expected {len(args)} values, got {len(value)}")
-            elem_types = list(args)
+        elem_types = [args[0]] * len(value) if args[1:] == (Ellipsis,) else list(args)
+        if len(value) != len(elem_types):
+            raise ValueError(f"{path}: expected {len(args)} values, got {len(value)}")
         items = tuple(_scalar(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, elem_types)))
         for i, v in enumerate(items):
             _check(v, f"{path}[{i}]", meta)
@@ -140,29 +121,24 @@ def _coerce(value: Any, tp: Any, path: str, meta: dict | Any) -> Any:
     return v
 
 
+_KINDS = {bool: "a bool", int: "an int", float: "a number", str: "a string"}
+
+
 def _scalar(value: Any, tp: Any, path: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{path}: expected a bool, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ValueError(f"{path}: expected an int, got {type(value).__name__} {value!r}")
-        return int(value)
+    if tp not in _KINDS:
+        raise TypeError(f"{path}: unsupported config type {tp!r}")
+    if tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number,
+          str: isinstance(value, str)}[tp]
+    if not ok:
+        raise ValueError(f"{path}: expected {_KINDS[tp]}, got {type(value).__name__} {value!r}")
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        v = float(value)
-        if not math.isfinite(v):
-            raise ValueError(f"{path}: must be finite, got {v}")
-        return v
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"{path}: unsupported config type {tp!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: must be finite, got {value}")
+    return value
 
 
 def _check(v: Any, path: str, meta: Any) -> None:
@@ -205,9 +181,6 @@ class NetworkConfig(ConfigBase):
     dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
     width: int = field(default=64, metadata=_range(1))
 
-    def __post_init__(self) -> None:
-        _validate_all(self)
-
 
 @dataclass(frozen=True)
 class OptimizerConfig(ConfigBase):
@@ -222,7 +195,7 @@ class OptimizerConfig(ConfigBase):
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
 
     def __post_init__(self) -> None:
-        _validate_all(self)
+        super().__post_init__()
         if self.name == "adam" and self.momentum != 0.0:
             raise ValueError("OptimizerConfig.momentum: Adam uses betas, set momentum to 0")
 
@@ -243,9 +216,6 @@ class CBPConfig(ConfigBase):
     # default: the authors' code never applied it, so the published results ran without it.
     next_layer_bias_correction: bool = False
 
-    def __post_init__(self) -> None:
-        _validate_all(self)
-
 
 @dataclass(frozen=True)
 class ShrinkPerturbConfig(ConfigBase):
@@ -253,9 +223,6 @@ class ShrinkPerturbConfig(ConfigBase):
 
     weight_decay: float = field(default=1e-4, metadata=_range(0.0))
     noise_std: float = field(default=1e-5, metadata=_range(0.0))
-
-    def __post_init__(self) -> None:
-        _validate_all(self)
 
 
 @dataclass(frozen=True)
@@ -265,9 +232,6 @@ class ReDoConfig(ConfigBase):
 
     threshold: float = field(default=0.1, metadata=_range(0.0))
     period: int = field(default=100, metadata=_range(1))
-
-    def __post_init__(self) -> None:
-        _validate_all(self)
 
 
 @dataclass(frozen=True)
@@ -288,7 +252,7 @@ class LearnerConfig(ConfigBase):
     redo: ReDoConfig | None = None
 
     def __post_init__(self) -> None:
-        _validate_all(self)
+        super().__post_init__()
         if self.cbp is not None and self.redo is not None:
             raise ValueError("LearnerConfig: cbp and redo both re-initialise hidden units and would "
                              "undo each other's bookkeeping; configure one of them (set the other "

@@ -16,16 +16,10 @@ cbp                ``cbp``: continual backpropagation after each update
 =================  ==========================================================================
 
 The task kind follows the action space: ``MultiDiscrete`` → classification (cross-entropy),
-``Box`` → regression (squared error, torch's ``mse_loss``). The learner predicts in ``act`` and,
-in a train phase, keeps that forward pass for ``observe`` (the online accuracy is the prediction
-made before learning, as in the paper).
-
-Two engines, one set of math: MLP and linear agents that the learner core supports
-(:func:`agents.lockstep.lockstep_support`) run on it with one replica — the same code that
-trains many seeds in lockstep; the others (convnet, ResNet-18, dropout, task-boundary resets)
-train by ``torch.autograd`` with :class:`agents.optim.ReferenceOptimizer` (the same update
-functions), and :class:`agents.cbp.ContinualBackprop` / :class:`agents.redo.ReDo` on the
-network's unit groups.
+``Box`` → regression (squared error, torch's ``mse_loss``). The online accuracy is the prediction
+made in ``act``, before learning, as in the paper. MLP and linear agents run on the learner
+core (:mod:`agents.lockstep`) with one replica; the others (convnet, ResNet-18, dropout,
+task-boundary resets) train by ``torch.autograd`` with the same optimizer updates, CBP and ReDo.
 """
 
 from __future__ import annotations
@@ -119,17 +113,20 @@ class SupervisedLearner:
 
     @property
     def cbp(self) -> ContinualBackprop | SimpleNamespace | None:
-        """CBP's state: on the learner core a read-only view (``replacements``, ``steps``)."""
+        """CBP's state; on the learner core a read-only view: ``replacements`` per hidden layer
+        (``layers.i``, as :meth:`agents.networks.MLP.cbp_groups` names them) and ``steps``."""
         if self.core is None or self.core.cbp is None:
             return self._cbp if self.core is None else None
-        return SimpleNamespace(replacements=self.core.unit_replacements("cbp"), steps=self.core.updates)
+        counts = [int(s.replacements[0]) for s in self.core.cbp]
+        return SimpleNamespace(replacements={f"layers.{i}": n for i, n in enumerate(counts)}, steps=self.core.updates)
 
     @property
     def redo(self) -> ReDo | SimpleNamespace | None:
-        """ReDo's state: on the learner core a read-only view (``replacements``)."""
-        if self.core is None or self.core.redo_sums is None:
+        """ReDo's state; on the learner core a read-only view (``replacements`` per hidden layer)."""
+        if self.core is None or self.core.redo is None:
             return self._redo if self.core is None else None
-        return SimpleNamespace(replacements=self.core.unit_replacements("redo"))
+        counts = self.core.redo.replacements[:, 0].tolist()
+        return SimpleNamespace(replacements={f"layers.{i}": n for i, n in enumerate(counts)})
 
     # -- protocol ------------------------------------------------------------------------------
     @property
@@ -145,17 +142,11 @@ class SupervisedLearner:
         if self.uses_task_boundaries and info.get("next_task_boundary", False):
             self._on_task_boundary()
         self._maybe_grow(info)
-        x = self._tensor(observation)
-        if next_phase(info) == "train":
-            self._set_training(True)
-            with torch.enable_grad():
-                out = self._network(x)
-            self._pending = (observation, out)
-        else:
-            self._pending = None
-            self._set_training(False)
-            with torch.no_grad():
-                out = self._network(x)
+        train = next_phase(info) == "train"
+        self._set_training(train)
+        with torch.set_grad_enabled(train):
+            out = self._network(self._tensor(observation))
+        self._pending = (observation, out) if train else None
         out = out.detach()
         if self.spec["kind"] == "classification":
             return out.argmax(1).cpu().numpy().astype(np.int64)

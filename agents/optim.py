@@ -1,21 +1,14 @@
 """The optimizer updates — SGD (momentum, L2) and Adam — once, over an optional replica axis.
 
 :func:`sgd_update` and :func:`adam_update` act on lists of parameters, gradients and state
-tensors. A hyperparameter is a float (every replica alike) or a ``(R,)`` tensor (one value per
-replica, the parameters' leading axis), so a grid of step sizes runs as one computation. The
-lockstep learner calls them on its stacked ``(R, ...)`` weights; :class:`ReferenceOptimizer`
-wraps them as a ``torch.optim.Optimizer`` for networks trained by autograd.
+tensors; a hyperparameter is a float (every replica alike) or a ``(R,)`` tensor (one value per
+replica, the parameters' leading axis). The learner core calls them on its stacked weights;
+:class:`ReferenceOptimizer` wraps them as a ``torch.optim.Optimizer`` for autograd networks.
 
-Adam keeps a step count per element and reads each element's bias corrections from its own
-count. It stores the count as those corrections, ``1 − β1^count`` and ``1 − β2^count``
-(``state["bias_correction1"]``/``["bias_correction2"]``, shaped like the parameter, zero at count
-0), updated in place each step as ``c ← β·c + (1 − β)``: recomputing ``β^count`` per element
-would cost a transcendental function per weight per step (measured 10–30× an in-place pass).
-Unit surgery (CBP, ReDo, a head reset) zeroes the moments and the corrections of every touched
-slice (:func:`agents.units.zero_optimizer_slices`), so a fresh slice restarts its bias correction
-— its first update is ≈ ``lr``, not several times it as with one shared counter (the authors'
-corrected AdamGnT). Without surgery every count equals the step number and the update is
-torch.optim.Adam's (to float rounding).
+Adam keeps a step count per element as its bias corrections ``1 − β^count`` (``bias_correction1``/
+``2``, zero at count 0), updated in place as ``c ← β·c + (1 − β)``. Unit surgery zeroes them with
+the moments, so a fresh slice restarts its bias correction (the authors' corrected AdamGnT);
+without surgery the update is torch.optim.Adam's (to float rounding).
 """
 
 from __future__ import annotations
@@ -128,11 +121,9 @@ def shrink_perturb(params: list[torch.Tensor], *, shrink: Scalar, noise_std: Sca
 
 
 class ReferenceOptimizer(torch.optim.Optimizer):
-    """SGD or Adam as :class:`~agents.config.OptimizerConfig` says, for networks trained by
-    autograd: the arithmetic of :func:`sgd_update` / :func:`adam_update` on the parameters'
-    ``.grad``. Per-parameter state: ``momentum_buffer`` (SGD with momentum), or ``exp_avg``,
-    ``exp_avg_sq``, ``bias_correction1`` and ``bias_correction2`` (Adam: the per-element step
-    counts), all shaped like the parameter."""
+    """SGD or Adam as :class:`~agents.config.OptimizerConfig` says, for networks trained by autograd
+    (:func:`sgd_update` / :func:`adam_update` on the ``.grad``). Per-parameter state, shaped like the
+    parameter: ``momentum_buffer``, or ``exp_avg``, ``exp_avg_sq``, ``bias_correction1``/``2``."""
 
     def __init__(self, params: Iterable[torch.Tensor], config: OptimizerConfig) -> None:
         super().__init__(params, {"lr": config.lr, "momentum": config.momentum, "betas": tuple(config.betas),
@@ -146,18 +137,14 @@ class ReferenceOptimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
             if self.kind == "sgd":
-                bufs = None
-                if group["momentum"] > 0:
-                    bufs = [self._state(p, "momentum_buffer") for p in params]
+                bufs = [self._state(p, "momentum_buffer") for p in params] if group["momentum"] > 0 else None
                 sgd_update(params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
                            weight_decay=group["weight_decay"])
             else:
-                beta1, beta2 = group["betas"]
-                adam_update(params, grads, [self._state(p, "exp_avg") for p in params],
-                            [self._state(p, "exp_avg_sq") for p in params],
-                            [self._state(p, "bias_correction1") for p in params],
-                            [self._state(p, "bias_correction2") for p in params], lr=group["lr"], beta1=beta1,
-                            beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+                states = ([self._state(p, k) for p in params]
+                          for k in ("exp_avg", "exp_avg_sq", "bias_correction1", "bias_correction2"))
+                adam_update(params, grads, *states, lr=group["lr"], beta1=group["betas"][0],
+                            beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"])
         return loss
 
     def _state(self, p: torch.Tensor, key: str) -> torch.Tensor:

@@ -1,33 +1,76 @@
 """ReDo (Sokar et al., 2023): recycle dormant units, over the same unit-group declarations as CBP.
 
-A unit's score is its mean |h| since the last check divided by the layer's average of that
-mean; every ``period`` updates the units with score ≤ ``threshold`` are re-initialised exactly as
-CBP replaces units (incoming redrawn, outgoing zero, optimizer state zeroed). The original method
-scores one batch; with the online (batch-1) streams the scores are averaged over the period's
-training batches instead, which is the same quantity for large batches and is not noise for tiny
-ones.
+A unit's score is its mean |h| since the last check over the layer's average of it; every
+``period`` updates the units scoring ≤ ``threshold`` are replaced as CBP replaces units
+(:func:`agents.units.reinit_slices`). The original method scores one batch; here the scores are
+averaged over the period's batches: the same for large batches, not noise for online (batch-1) ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
-from agents.cbp import ActivationCapture, unit_mean
+from agents.arrays import TORCH
+from agents.cbp import ActivationCapture
 from agents.config import ReDoConfig
+from agents.optim import along, replica_scalar
 from agents.units import UnitGroup, reinit_units
 
-__all__ = ["ReDo", "dormant"]
+__all__ = ["DormantUnits", "ReDo"]
 
 
-def dormant(sums: torch.Tensor, count: int, threshold: float | torch.Tensor) -> torch.Tensor:
-    """ReDo's test over a replica axis: ``sums`` ``(R, n)`` of per-update mean |h| over ``count``
-    updates → ``(R, n)`` bool, score ≤ threshold (``(R, 1)`` per replica, or a float), with
-    score = mean |h| / the layer's average of it."""
-    mean = sums / max(count, 1)
-    return mean / mean.mean(1, keepdim=True).clamp_min(1e-12) <= threshold
+class DormantUnits:
+    """ReDo's bookkeeping for groups of ``widths[l]`` units in each of ``n_replicas`` replicas:
+    ``sums[l]`` ``(R, n)``, each unit's per-update mean |h| summed since the last check;
+    ``replacements`` ``(groups, R)``. ``config``: one, or one per replica (thresholds may differ)."""
+
+    def __init__(self, widths: Sequence[int], n_replicas: int, config: ReDoConfig | Sequence[ReDoConfig],
+                 device: torch.device | str = "cpu") -> None:
+        configs = [config] * n_replicas if isinstance(config, ReDoConfig) else list(config)
+        self.period = configs[0].period
+        self.sums = [torch.zeros(n_replicas, w, device=device) for w in widths]
+        self.threshold = along(replica_scalar([c.threshold for c in configs], device), self.sums[0])
+        self.count = 0
+        self.replacements = np.zeros((len(widths), n_replicas), dtype=np.int64)
+
+    def update(self, hs: Sequence[torch.Tensor]) -> list[tuple[int, int, torch.Tensor]]:
+        """Fold in one update's unit values (``hs[l]``: ``(R, batch, n, *spatial)``). At the end
+        of a period, returns the dormant units to re-initialise as ``(group, replica, units)``."""
+        for sums, h in zip(self.sums, hs):
+            sums.add_(TORCH.unit_mean(h.abs()))
+        self.count += 1
+        if self.count < self.period:
+            return []
+        due = []
+        for layer, sums in enumerate(self.sums):
+            mean = sums / self.count
+            dormant = mean / mean.mean(1, keepdim=True).clamp_min(1e-12) <= self.threshold
+            for replica in torch.nonzero(dormant.any(1)).flatten().tolist():
+                idx = torch.nonzero(dormant[replica]).flatten()
+                due.append((layer, replica, idx))
+                self.replacements[layer, replica] += int(idx.numel())
+            sums.zero_()
+        self.count = 0
+        return due
+
+    def state_dict(self) -> dict:
+        return {"sums": [s.cpu().clone() for s in self.sums], "count": self.count,
+                "replacements": self.replacements.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for dst, src in zip(self.sums, state["sums"]):
+            dst.copy_(src)
+        self.count = int(state["count"])
+        self.replacements[:] = state["replacements"]
 
 
 class ReDo:
+    """ReDo on a network's unit groups: call :meth:`step` after every optimizer update (unit
+    values are captured as :class:`agents.cbp.ContinualBackprop` captures them)."""
+
     def __init__(self, groups: list[UnitGroup], config: ReDoConfig, *,
                  optimizer: torch.optim.Optimizer | None = None,
                  generator: torch.Generator | None = None, hooks: bool = True) -> None:
@@ -39,50 +82,33 @@ class ReDo:
         self.reset_state()
 
     def reset_state(self) -> None:
-        self.sums = {g.name: torch.zeros(g.n_units, device=g.producer.weight.device)
-                     for g in self.groups}
-        self.count = 0
-        self.replacements = {g.name: 0 for g in self.groups}
+        device = self.groups[0].producer.weight.device if self.groups else "cpu"
+        self.dormant = DormantUnits([g.n_units for g in self.groups], 1, self.config, device)
         self.capture.captured.clear()
 
+    @property
+    def count(self) -> int:
+        """Updates since the last check."""
+        return self.dormant.count
+
+    @property
+    def replacements(self) -> dict[str, int]:
+        """Units re-initialised so far, per group."""
+        return {g.name: int(n[0]) for g, n in zip(self.groups, self.dormant.replacements)}
+
     def state_dict(self) -> dict:
-        return {"sums": {k: v.cpu().clone() for k, v in self.sums.items()}, "count": self.count,
-                "replacements": dict(self.replacements)}
+        return self.dormant.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        for g in self.groups:
-            self.sums[g.name] = state["sums"][g.name].to(g.producer.weight.device)
-        self.count = int(state["count"])
-        self.replacements = {k: int(v) for k, v in state["replacements"].items()}
-
-    def scores(self) -> dict[str, torch.Tensor]:
-        """Normalised activity s_i = mean|h_i| / mean_j mean|h_j| over the current period."""
-        out = {}
-        for g in self.groups:
-            mean = self.sums[g.name] / max(self.count, 1)
-            out[g.name] = mean / mean.mean().clamp_min(1e-12)
-        return out
+        self.dormant.load_state_dict(state)
 
     @torch.no_grad()
     def step(self, activations: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
-        for g in self.groups:
-            h = self.capture.get(activations, g.name)
-            if not torch.is_tensor(h):
-                h = torch.from_numpy(h)
-            self.sums[g.name] += unit_mean(h.abs())
-        self.count += 1
-        if activations is None:
-            self.capture.captured.clear()
+        """One ReDo step after an update. Returns {group: re-initialised unit indices}."""
+        hs = self.capture.values(activations)
         replaced: dict[str, list[int]] = {}
-        if self.count < self.config.period:
-            return replaced
-        for g in self.groups:
-            name = g.name
-            idx = torch.nonzero(dormant(self.sums[name][None], self.count, self.config.threshold)[0]).flatten()
-            if idx.numel():
-                reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
-                self.replacements[name] += int(idx.numel())
-                replaced[name] = idx.tolist()
-            self.sums[name].zero_()
-        self.count = 0
+        for layer, _, idx in self.dormant.update(hs):
+            g = self.groups[layer]
+            reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
+            replaced[g.name] = idx.tolist()
         return replaced

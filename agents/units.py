@@ -1,37 +1,25 @@
-"""Hidden units as replaceable groups: the declarations that CBP and ReDo work on.
+"""Hidden units as replaceable groups, and the unit surgery of CBP and ReDo.
 
-A network says, for every set of hidden units that may be re-initialised, which tensors
+A network declares, for every set of hidden units that may be re-initialised, which tensors
 *produce* each unit (the rows of its incoming weight, its bias, a following BatchNorm channel)
-and which tensors *consume* it (the columns of the outgoing weight of every layer that reads
-it). :func:`reinit_units` then re-initialises any units of such a group without knowing the
-network: redraw the incoming weights from the layer's recorded initial distribution, zero the
-bias and the outgoing weights, reset the BatchNorm channel and the optimizer state of every
-slice touched. Because the outgoing weights become zero, the network's function is unchanged.
-
-A network that wants CBP (MLP, convnet, ResNet-18, later PPO nets) only has to return a list of
-:class:`UnitGroup` from ``cbp_groups()`` and tag its layers with :func:`set_init`.
+and which *consume* it (the columns of the outgoing weight of every layer that reads it): a list
+of :class:`UnitGroup` from ``cbp_groups()``, its layers tagged with :func:`set_init`.
+:func:`reinit_units` re-initialises units of such a group without knowing the network, through
+:func:`reinit_slices`, the surgery over a replica axis that the learner core uses too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = [
-    "Consumer",
-    "InitSpec",
-    "UnitGroup",
-    "batched_abs_sum",
-    "get_init",
-    "add_expected_contribution",
-    "reinit_units",
-    "reset_module_parameters",
-    "set_init",
-    "zero_optimizer_slices",
-]
+__all__ = ["Consumer", "InitSpec", "Slot", "UnitGroup", "batched_abs_sum", "get_init", "optimizer_states",
+           "reinit_slices", "reinit_units", "reset_module_parameters", "set_init", "zero_optimizer_slices"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +27,7 @@ class InitSpec:
     """The initial distribution of one layer's weight (biases always start at zero).
 
     ``kind``: ``"uniform"`` draws U(-bound, bound); ``"normal"`` draws N(0, std²) with
-    ``std = bound``; ``"zeros"`` gives zeros.
+    ``std = bound``.
     """
 
     kind: str
@@ -52,8 +40,6 @@ class InitSpec:
             return u.mul_(2.0 * self.bound).sub_(self.bound)
         if self.kind == "normal":
             return torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(self.bound)
-        if self.kind == "zeros":
-            return torch.zeros(shape, device=device, dtype=dtype)
         raise ValueError(f"unknown init kind {self.kind!r}")
 
     @staticmethod
@@ -71,10 +57,7 @@ _INIT_ATTR = "_pg_init_spec"
 
 
 def set_init(module: nn.Module, spec: InitSpec, generator: torch.Generator | None = None) -> None:
-    """Record ``spec`` as ``module``'s initial distribution and draw its weight from it.
-
-    The bias (if any) is set to zero.
-    """
+    """Record ``spec`` as ``module``'s initial distribution and draw its weight from it (bias zero)."""
     setattr(module, _INIT_ATTR, spec)
     reset_module_parameters(module, generator)
 
@@ -88,10 +71,8 @@ def get_init(module: nn.Module) -> InitSpec:
 
 @torch.no_grad()
 def reset_module_parameters(module: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Redraw a module's parameters from its recorded initial distribution.
-
-    Linear/conv: weight from the spec, bias zero. BatchNorm: γ=1, β=0, running stats reset.
-    """
+    """Redraw a module's parameters from its recorded initial distribution (bias zero; a
+    BatchNorm: γ=1, β=0, running statistics reset)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         module.reset_parameters()
         return
@@ -134,12 +115,15 @@ class Consumer:
     module: nn.Module
     positions: int = 1
 
+    def view(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like the consumer's weight, viewed as (out, units, rest)."""
+        if isinstance(self.module, nn.Linear):
+            return t.view(t.shape[0], t.shape[1] // self.positions, self.positions)
+        return t.view(t.shape[0], t.shape[1], -1)
+
     def weight_view(self) -> torch.Tensor:
         """The consumer weight viewed as (out, units, rest) so unit slices are ``[:, i]``."""
-        w = self.module.weight
-        if isinstance(self.module, nn.Linear):
-            return w.view(w.shape[0], w.shape[1] // self.positions, self.positions)
-        return w.view(w.shape[0], w.shape[1], -1)
+        return self.view(self.module.weight)
 
     def outgoing_magnitude(self) -> torch.Tensor:
         """Σ_k |w_out,k| for every unit: shape (units,)."""
@@ -182,64 +166,88 @@ class UnitGroup:
             raise ValueError(f"group {self.name!r}: BatchNorm width differs from the producer")
 
     def outgoing_magnitude(self) -> torch.Tensor:
-        out = self.consumers[0].outgoing_magnitude()
-        for c in self.consumers[1:]:
-            out = out + c.outgoing_magnitude()
-        return out
+        """Σ_k |w_out,k| per unit over all consumers."""
+        return sum(c.outgoing_magnitude() for c in self.consumers)
 
     def incoming_magnitude(self) -> torch.Tensor:
         """Σ_j |w_in,j| per unit (for the adaptable-contribution utility)."""
-        return self.producer.weight.abs().flatten(1).sum(1)
+        return batched_abs_sum(self.producer.weight.flatten(1)[None], 2)[0]
+
+
+def optimizer_states(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> list[torch.Tensor]:
+    """Every per-element state tensor ``optimizer`` holds for ``param`` (shaped like it): SGD's
+    ``momentum_buffer``, Adam's moments and, with :class:`agents.optim.ReferenceOptimizer`, its
+    per-element step counts. (torch.optim.Adam's scalar ``step`` is not one of them.)"""
+    state = optimizer.state.get(param) if optimizer is not None else None
+    return [v for v in (state or {}).values() if torch.is_tensor(v) and v.shape == param.shape]
 
 
 @torch.no_grad()
 def zero_optimizer_slices(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
                           index: tuple) -> None:
-    """Zero ``index`` of every per-element state tensor the optimizer holds for ``param``.
+    """Zero ``index`` of every per-element optimizer state of ``param``: the touched slices
+    restart their moments and (with :class:`agents.optim.ReferenceOptimizer`) Adam's bias correction."""
+    for value in optimizer_states(optimizer, param):
+        value[index] = 0
 
-    Covers SGD's ``momentum_buffer`` and Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq`` (any
-    state tensor shaped like the parameter), and so, with :class:`agents.optim.ReferenceOptimizer`,
-    Adam's per-element step counts (its ``bias_correction1``/``2``): the touched slices restart
-    their bias correction. (torch.optim.Adam's scalar ``step`` is shared by the whole tensor and
-    is left alone.)
+
+Slot = tuple[torch.Tensor, Sequence[torch.Tensor]]  # a (R, ...) parameter, its optimizer states alike
+
+
+def reinit_slices(replica: int, idx: torch.Tensor, *, incoming: Slot, bias: Slot | None,
+                  outgoing: Sequence[tuple[Slot, torch.Tensor | None]], spec: InitSpec,
+                  generator: torch.Generator | None, unit_means: torch.Tensor | None = None) -> None:
+    """The unit surgery of CBP and ReDo, over a replica axis: units ``idx`` of replica ``replica``
+    afresh. Used by every network, stacked (the learner core) or not (a replica axis of one).
+
+    ``incoming``: the producer's weight ``(R, units, ...)``, whose rows ``idx`` are redrawn from
+    ``spec``; ``bias``: its bias ``(R, units)``, zeroed; ``outgoing``: each consumer's weight viewed
+    as ``(R, out, units, ...)`` with its bias ``(R, out)`` (or ``None``), whose unit slices are
+    zeroed. The optimizer state of every slice touched is zeroed too. The new units contribute
+    nothing to the outputs and the old units' contributions are removed, unless ``unit_means``
+    (the replaced units' expected values ĥ, ``(len(idx),)``) is given: then each consumer's bias
+    first gains Σ_i ĥ_i·(unit i's outgoing weights, summed over its positions), which keeps the
+    expected output (CBP's next-layer bias correction; a consumer without a bias is left as is).
+    Parameters that require gradients must be passed under ``torch.no_grad()``.
     """
-    if optimizer is None:
+    k = idx.numel()
+    if k == 0:
         return
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    for value in state.values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            value[index] = 0
+    if unit_means is not None:
+        for (w, _), b in outgoing:
+            if b is not None:
+                b[replica] += w[replica][:, idx].reshape(w.shape[1], k, -1).sum(2) @ unit_means.to(w)
+    w = incoming[0]
+    fresh = spec.sample((k, *w.shape[2:]), device=w.device, dtype=w.dtype, generator=generator)
+    # On the CPU, write through numpy views: numpy's indexing costs a fraction of torch's.
+    numpy = w.is_cpu and w.dtype == torch.float32
+    array = (lambda t: t.detach().numpy()) if numpy else (lambda t: t)  # noqa: E731
+    rows = idx.cpu().numpy() if numpy else idx
+    array(w)[replica, rows] = array(fresh)
+    for t in (*incoming[1], *((bias[0], *bias[1]) if bias is not None else ())):
+        array(t)[replica, rows] = 0
+    for (w_out, states), _ in outgoing:
+        for t in (w_out, *states):
+            array(t)[replica, :, rows] = 0
 
 
 @torch.no_grad()
 def reinit_units(group: UnitGroup, idx: torch.Tensor, *, optimizer: torch.optim.Optimizer | None,
                  generator: torch.Generator | None, unit_means: torch.Tensor | None = None) -> None:
-    """Re-initialise units ``idx`` (1-D long tensor) of ``group``.
+    """Re-initialise units ``idx`` (1-D long tensor) of ``group``, as :func:`reinit_slices` says,
+    and reset the units' BatchNorm channel if the group has one."""
+    def slot(param: torch.Tensor, view: Any = None) -> Slot:
+        view = view or (lambda t: t)
+        return view(param)[None], [view(s)[None] for s in optimizer_states(optimizer, param)]
 
-    The new units contribute nothing to the outputs (their outgoing weights are zero); the old
-    units' contributions are removed, so the outputs change by them, unless ``unit_means``
-    (the replaced units' expected values ĥ, shape ``(len(idx),)``) is given: then, before the
-    outgoing weights are zeroed, each consumer's bias gains Σ_i ĥ_i · (the unit's outgoing
-    weights summed over its positions), which keeps the expected output (CBP's next-layer bias
-    correction). A consumer without a bias is left as it is.
-    """
-    if idx.numel() == 0:
-        return
-    if unit_means is not None:
-        add_expected_contribution(group, idx, unit_means)
     prod = group.producer
-    w = prod.weight
-    spec = get_init(prod)
-    shape = (idx.numel(), *w.shape[1:])
-    w[idx] = spec.sample(shape, device=w.device, dtype=w.dtype, generator=generator)
-    zero_optimizer_slices(optimizer, w, (idx,))
-    if getattr(prod, "bias", None) is not None:
-        prod.bias[idx] = 0
-        zero_optimizer_slices(optimizer, prod.bias, (idx,))
+    bias = getattr(prod, "bias", None)
+    outgoing = [(slot(c.module.weight, c.view), None if getattr(c.module, "bias", None) is None
+                 else c.module.bias[None]) for c in group.consumers]
+    reinit_slices(0, idx, incoming=slot(prod.weight), bias=None if bias is None else slot(bias),
+                  outgoing=outgoing, spec=get_init(prod), generator=generator, unit_means=unit_means)
     bn = group.batchnorm
-    if bn is not None:
+    if bn is not None and idx.numel():
         if bn.weight is not None:
             bn.weight[idx] = 1
             bn.bias[idx] = 0
@@ -248,24 +256,3 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, *, optimizer: torch.optim.
         if bn.running_mean is not None:
             bn.running_mean[idx] = 0
             bn.running_var[idx] = 1
-    for c in group.consumers:
-        cw = c.module.weight
-        if isinstance(c.module, nn.Linear) and c.positions > 1:
-            cols = (idx[:, None] * c.positions + torch.arange(c.positions, device=idx.device)).reshape(-1)
-        else:
-            cols = idx
-        cw[:, cols] = 0
-        zero_optimizer_slices(optimizer, cw, (slice(None), cols))
-
-
-@torch.no_grad()
-def add_expected_contribution(group: UnitGroup, idx: torch.Tensor, unit_means: torch.Tensor) -> None:
-    """Fold units ``idx``'s expected contribution into every consumer's bias: for consumer output
-    k, bias_k += Σ_i ĥ_i · Σ_positions w[k, i, position] (the next-layer bias correction)."""
-    means = unit_means.to(device=group.producer.weight.device, dtype=group.producer.weight.dtype)
-    for c in group.consumers:
-        bias = getattr(c.module, "bias", None)
-        if bias is None:
-            continue
-        w = c.weight_view()[:, idx, :].sum(2)  # (out, k)
-        bias.add_(w @ means)

@@ -35,8 +35,8 @@ def _reference_optimizer(net, oc):
     return torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
 
 
-def _check_against_autograd(configs, regression, steps=STEPS):
-    spaces = reg_spaces(BATCH) if regression else cls_spaces(BATCH)
+def _check_against_autograd(configs, regression, steps=STEPS, in_features=6):
+    spaces = reg_spaces(BATCH, in_features) if regression else cls_spaces(BATCH, (in_features,))
     core = LockstepLearner("x", configs, *spaces, seeds=range(len(configs)), device="cpu")
     refs = []
     for r, cfg in enumerate(configs):
@@ -45,7 +45,7 @@ def _check_against_autograd(configs, regression, steps=STEPS):
     initial = [p.clone() for p in core.params]
     rng = np.random.default_rng(0)
     for _ in range(steps):
-        x = rng.random((len(configs), BATCH, 6), dtype=np.float32)
+        x = rng.random((len(configs), BATCH, in_features), dtype=np.float32)
         y = (rng.normal(size=(len(configs), BATCH)).astype(np.float32) if regression
              else rng.integers(0, 3, (len(configs), BATCH)))
         info = {"phase": "train", "next_phase": "train", "target": y}
@@ -208,3 +208,64 @@ def test_core_next_layer_bias_correction_keeps_the_expected_output():
         assert len(moved) > 5
         changes[on] = np.mean(moved)
     assert changes[True] < 0.5 * changes[False]
+
+
+def test_deferred_updates_of_a_large_layer_equal_autograd():
+    """A layer of >= 2^18 weights per replica keeps its plain-SGD updates as low-rank factors,
+    folded in every 32 examples; 60 steps of batch 4 (several folds) still equal autograd."""
+    configs = [LearnerConfig.from_dict({"network": {"hidden": [400, 5]}, "optimizer": {"lr": lr}})
+               for lr in (0.05, 0.02)]
+    core = _check_against_autograd(configs, regression=False, in_features=700)
+    assert list(core._deferred) == [0]
+
+
+SURGERY = {  # one config per replica: CBP's and ReDo's scalar hyperparameters differ too
+    "cbp-sgd": [{"optimizer": {"lr": 0.05}, "cbp": {"replacement_rate": 0.02, "maturity": 10, "decay": 0.9}},
+                {"optimizer": {"lr": 0.02}, "cbp": {"replacement_rate": 0.05, "maturity": 5}}],
+    "cbp-adaptable-adam": [{"optimizer": {"name": "adam", "lr": 0.01},
+                            "cbp": {"replacement_rate": 0.03, "maturity": 5, "utility": "adaptable_contribution",
+                                    "next_layer_bias_correction": True}}] * 2,
+    "redo-momentum": [{"network": {"activation": "relu"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
+                       "redo": {"period": 20, "threshold": 0.8}},
+                      {"network": {"activation": "relu"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
+                       "redo": {"period": 20, "threshold": 0.6}}],
+}
+
+
+@pytest.mark.parametrize("case", SURGERY)
+def test_unit_surgery_in_the_core_equals_the_autograd_path(case):
+    """CBP and ReDo in the learner core (stacked replicas, per-replica hyperparameters) against
+    the autograd path: each replica's network as an nn.Module trained by loss.backward() and an
+    optimizer, with agents.cbp.ContinualBackprop / agents.redo.ReDo on its unit groups and the
+    replica's generator. 200 steps of batch 4: the same units are replaced, weights to 1e-4."""
+    from agents.cbp import ContinualBackprop
+    from agents.redo import ReDo
+
+    configs = _configs("tanh", [c["optimizer"] for c in SURGERY[case]])
+    configs = [c.replace(**{k: v for k, v in extra.items() if k != "optimizer"})
+               for c, extra in zip(configs, SURGERY[case])]
+    core = LockstepLearner("x", configs, *cls_spaces(BATCH), seeds=range(len(configs)), device="cpu")
+    refs = []
+    for r, cfg in enumerate(configs):
+        net = copy.deepcopy(core.probe_model(r)).train().requires_grad_(True)
+        opt = (ReferenceOptimizer(net.parameters(), cfg.optimizer) if cfg.optimizer.name == "adam"
+               else _reference_optimizer(net, cfg.optimizer))
+        kind, section = (ContinualBackprop, cfg.cbp) if cfg.cbp else (ReDo, cfg.redo)
+        refs.append((net, opt, kind(net.cbp_groups(), section, optimizer=opt,
+                                    generator=torch.Generator().manual_seed(r + 1))))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = rng.random((len(configs), BATCH, 6), dtype=np.float32)
+        y = rng.integers(0, 3, (len(configs), BATCH))
+        info = {"phase": "train", "next_phase": "train", "target": y}
+        core.observe(x, core.act(x, info), None, info)
+        for r, (net, opt, method) in enumerate(refs):
+            opt.zero_grad()
+            F.cross_entropy(net(torch.from_numpy(x[r])), torch.from_numpy(y[r])).backward()
+            opt.step()
+            method.step()
+    for r, (net, _, method) in enumerate(refs):
+        counts = ([int(s.replacements[r]) for s in core.cbp] if core.cbp else core.redo.replacements[:, r].tolist())
+        assert counts == list(method.replacements.values()) and sum(counts) > 0
+        for j, p in enumerate(net.parameters()):
+            torch.testing.assert_close(core.params[j][r], p.detach(), rtol=1e-4, atol=2e-5)

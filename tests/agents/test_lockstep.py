@@ -84,9 +84,9 @@ def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
         counts = [s.replacements.tolist() for s in lock.cbp]
         assert counts == [[ag.cbp.replacements[g] for ag in singles] for g in singles[0].cbp.replacements]
         assert all(c > 0 for row in counts for c in row)  # replacements really happened
-    if lock.redo_sums is not None:
-        assert lock.redo_replacements.sum(0).tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
-        assert lock.redo_replacements.sum() > 0
+    if lock.redo is not None:
+        assert lock.redo.replacements.sum(0).tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
+        assert lock.redo.replacements.sum() > 0
 
 
 @pytest.mark.parametrize("name,overrides", [CASES[0], CASES[3], CASES[4], CASES[7]])
@@ -233,6 +233,51 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     _assert_same_weights(lock, singles)
 
 
+def test_a_compiled_step_that_disagrees_with_eager_is_dropped(monkeypatch):
+    """A miscompiled step (here: one that doubles every weight change) is caught by the check of
+    the first compiled step; the learner goes on eagerly and still equals the single learners."""
+    import agents.lockstep as lockstep
+
+    def wrong_compile(fn, **kwargs):
+        def compiled(*args):
+            learner = fn.__self__
+            before = [w.clone() for w in learner.weights]
+            out = fn(*args)
+            for w, b in zip(learner.weights, before):
+                w.add_(w - b)
+            return out
+        return compiled
+
+    monkeypatch.setattr(lockstep.torch, "compile", wrong_compile)
+    venv, lock, envs, singles = _pair_with(True)
+    with pytest.warns(RuntimeWarning, match="disagrees with the eager one"):
+        _run(venv, lock, envs, singles, 200)
+    assert not lock.compiled
+    _assert_same_weights(lock, singles)
+
+
+def test_a_correct_compiled_step_passes_its_check(monkeypatch):
+    import agents.lockstep as lockstep
+
+    monkeypatch.setattr(lockstep.torch, "compile", lambda fn, **kwargs: fn)  # "compiled" = eager
+    venv, lock, envs, singles = _pair_with(True)
+    _run(venv, lock, envs, singles, 50)
+    assert lock.compiled
+    _assert_same_weights(lock, singles)
+
+
+def test_auto_compile_only_under_a_tested_torch(monkeypatch):
+    import agents.lockstep as lockstep
+
+    monkeypatch.setattr(lockstep, "_torch_version", lambda: (2, 11))
+    venv = gym.make_vec("PermutedMNIST-v0", num_envs=8, vectorization_mode="vector_entry_point", scale="smoke")
+    osp, asp = venv.single_observation_space, venv.single_action_space
+    cfg = resolve_config("cbp", osp, asp, env_id="PermutedMNIST-v0", scale="smoke",
+                         overrides={"network": {"hidden": [100, 100, 100]}})
+    assert not LockstepLearner("cbp", cfg, osp, asp, seeds=range(8), device="cpu").compiled
+    assert LockstepLearner("cbp", cfg, osp, asp, seeds=range(8), device="cpu", compile=True).compiled
+
+
 def test_compile_choice():
     import agents.lockstep as lockstep
 
@@ -284,9 +329,8 @@ def test_hyperparameter_grid_equals_single_learners(name, grid):
     if lock.cbp:
         assert [s.replacements.tolist() for s in lock.cbp] == [
             [ag.cbp.replacements[g] for ag in singles] for g in singles[0].cbp.replacements]
-        assert len(lock.cbp[0].groups) == 2  # one UnitStatistics per distinct CBP config
-    if lock.redo_sums is not None:
-        assert lock.redo_replacements.sum(0).tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
+    if lock.redo is not None:
+        assert lock.redo.replacements.sum(0).tolist() == [sum(ag.redo.replacements.values()) for ag in singles]
     pickle.loads(pickle.dumps(lock))  # a grid pickles too
 
 
