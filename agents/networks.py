@@ -210,8 +210,24 @@ class ResNet18(PlasticNetwork):
     ``width`` is the stem's channel count (64 in the paper; smaller for CPU scales). The head has
     ``max_outputs`` units of which the first ``active_outputs`` are used: ``set_active_outputs``
     grows the head (new rows redrawn from the init distribution), as the paper adds 5 output
-    units per class increment. Only each block's inner conv is a CBP group: every other conv's
-    output reaches a skip path, so zeroing its consumers would not preserve the function.
+    units per class increment.
+
+    CBP groups (:meth:`cbp_groups`), the units whose every consumer can be zeroed:
+
+    * each block's inner conv (``blocks.i.conv1``: conv1 rows, bn1 channel, read only by conv2);
+    * the last block's output channels (``blocks.7.out``, ``8·width`` units: 512 at the paper's
+      width, the units the paper's replacement-rate example counts). Unit ``i`` is channel ``i``
+      of ``relu2(bn2(conv2(·)) + x)``, x the block's identity-shortcut input. Its producers are
+      row ``i`` of the block's conv2 and channel ``i`` of its bn2, which reach nothing but this
+      channel; its only consumer is column ``i`` of the linear head (after global average
+      pooling). Zeroing that column removes the unit from the output whatever its new producers
+      compute, in train and eval mode alike: as for every group, the fresh unit contributes
+      nothing and the outputs change only by the old unit's contribution. The shortcut
+      input ``x_i`` (the previous block's output, which also feeds this block's conv1) is not a
+      producer and is left as it is: a fresh unit starts as ``relu(bn2(new conv2 row) + x_i)``.
+
+    No other conv is a group: its output reaches a skip path, so zeroing its consumers would not
+    remove it from the network.
     """
 
     def __init__(self, max_outputs: int, *, active_outputs: int | None = None, width: int = 64,
@@ -263,10 +279,17 @@ class ResNet18(PlasticNetwork):
         self.active_outputs = n
 
     def cbp_groups(self) -> list[UnitGroup]:
-        return [
+        groups = [
             UnitGroup(f"blocks.{i}.conv1", b.conv1, b.relu1, (Consumer(b.conv2),), batchnorm=b.bn1)
             for i, b in enumerate(self.blocks)
         ]
+        last = self.blocks[-1]
+        # With a projection shortcut, its conv and BN would be producers of the output too.
+        if not isinstance(last.shortcut, nn.Identity):
+            raise ValueError("the last block's output is a CBP group only with an identity shortcut")
+        groups.append(UnitGroup(f"blocks.{len(self.blocks) - 1}.out", last.conv2, last.relu2,
+                                (Consumer(self.head),), batchnorm=last.bn2))
+        return groups
 
 
 class LinearNet(PlasticNetwork):

@@ -14,7 +14,8 @@ changes during the measurement; MuJoCo's cost per step itself depends on μ).
 Then the vision streams (issue 11): the cost of producing one batch — a ``step`` of the
 unwrapped env at the ``cpu`` scale, training batches with augmentation for CIFAR, chunk generation
 included — beside the cost of one SGD step of the paper's network on a batch of that size
-(ContinualImageNet: the convnet at batch 100; ClassIncCIFAR100: ResNet-18 at batch 90), both in
+(ContinualImageNet: the convnet at batch 100; ClassIncCIFAR100: ResNet-18 at batch 90, at the
+paper's width 64 and at the width 8 that the reference agents use at the ``cpu`` scale), both in
 this process. Target: a batch costs under a tenth of an SGD step.
 
     python bench/envs.py [--seconds 2] [--only supervised|ant|vision]
@@ -236,6 +237,9 @@ def bench_vision(seconds: float) -> None:
         ("ClassIncCIFAR100-v0", {}, "ResNet-18, batch 90", lambda: ResNet18(100, active_outputs=100), 100),
         ("ClassIncCIFAR100-v0", {"augment": False}, "ResNet-18, batch 90", lambda: ResNet18(100, active_outputs=100),
          100),
+        # The network the reference agents use at the cpu scale (agents/defaults.py): width 8.
+        ("ClassIncCIFAR100-v0", {}, "ResNet-18 width 8, batch 90",
+         lambda: ResNet18(100, active_outputs=100, width=8), 100),
     ]
     threads_label = f"sgd {torch.get_num_threads()} thr ms"
     print(f"\n{'env (cpu scale)':<40} {'batch ms':>9} {'sgd 1 thr ms':>13} {threads_label:>12} {'ratio':>7}  target")
@@ -250,6 +254,7 @@ def bench_vision(seconds: float) -> None:
         torch.set_num_threads(threads)
         ratio = batch / min(sgd_one, sgd_default)
         name = env_id + (" (no augment)" if kwargs else " (train, augmented)" if "CIFAR" in env_id else " (train)")
+        name += " w8" if "width 8" in net_name else ""
         met = "met" if ratio < VISION_TARGET_RATIO else "NOT met"
         print(f"{name:<40} {batch * 1e3:>9.2f} {sgd_one * 1e3:>13.1f} {sgd_default * 1e3:>12.1f} {ratio:>7.3f}  "
               f"< {VISION_TARGET_RATIO} of the faster SGD step ({net_name}): {met}")

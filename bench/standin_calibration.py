@@ -13,7 +13,7 @@ Trains the paper's convnet (``agents.networks.ConvNet``) with a plain torch loop
   chance. (The paper's network here is a ResNet-18, far too slow for this check on a CPU.)
 
     python bench/standin_calibration.py [--env ContinualImageNet-v0] [--tasks 4] [--epochs 25]
-                                        [--data synthetic] [--fresh]
+                                        [--train-per-class 600] [--data synthetic] [--fresh]
 
 ``--fresh`` trains a new network for every task instead of one network through the tasks.
 """
@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--env", choices=sorted(N_OUTPUTS), default="ContinualImageNet-v0")
     parser.add_argument("--tasks", type=int, default=4, help="tasks (increments for CIFAR)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per task (default: the cpu scale's)")
+    parser.add_argument("--train-per-class", type=int, default=None,
+                        help="training images per class (default: the cpu scale's)")
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=0.01)
@@ -52,6 +54,8 @@ def main() -> None:
     length = {"n_tasks": args.tasks} if imagenet else {"n_increments": args.tasks}
     if args.epochs is not None:
         length["epochs"] = args.epochs
+    if args.train_per_class is not None:
+        length["train_per_class"] = args.train_per_class
     env = gym.make(args.env, scale="cpu", data=args.data, **length).unwrapped
     print(f"{args.env}, data {env.data_id['name']} ({env.data_id['sha256'][:12]}), {args.tasks} tasks x "
           f"{env.epochs} epochs, lr {args.lr}, "

@@ -90,6 +90,24 @@ def test_paper_scale_protocol():
     assert counts["test"] == {"examples": 10_000, "steps": 112}
 
 
+def test_cpu_scale_protocol():
+    """The cpu scale as its docstring states it: 20 increments of 2 epochs, 840 training steps,
+    and the reference agents' ResNet-18 at width 8 there."""
+    from agents.defaults import default_config
+
+    env = gym.make("ClassIncCIFAR100-v0", scale="cpu")
+    u = env.unwrapped
+    assert (u.n_tasks, u.epochs, u.train_per_class, u.val_per_class, u.test_per_class) == (20, 2, 36, 4, 20)
+    steps = {phase: sum(u.phase_counts(t)[phase]["steps"] for t in range(u.n_tasks)) for phase in ("train", "val", "test")}
+    assert steps["train"] == 840
+    assert u.phase_counts(19)["train"] == {"examples": 2 * 3_600, "steps": 2 * 40}
+    for name in ("backprop", "cbp", "adam", "l2", "shrink-perturb"):
+        assert default_config(name, "ClassIncCIFAR100-v0", "cpu", {})["network"] == {"kind": "resnet18", "width": 8}
+    # Units must be able to mature within the run, or CBP would be backprop exactly.
+    cbp = default_config("cbp", "ClassIncCIFAR100-v0", "cpu", {})["cbp"]
+    assert cbp["maturity"] < steps["train"] / 2 and cbp["replacement_rate"] * 304 * steps["train"] > 10
+
+
 def standardized(u, rows):
     return to_float(rows, standardize_table(u.dataset.mean, u.dataset.std))
 

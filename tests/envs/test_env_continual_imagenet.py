@@ -58,9 +58,19 @@ def test_paper_scale_protocol():
     config = type(make().unwrapped).resolve_config("paper")
     assert config == {"data": "imagenet32", "data_dir": None, "n_tasks": 5000, "epochs": 250, "batch_size": 100,
                       "train_per_class": 600, "test_per_class": 100}
-    env = gym.make("ContinualImageNet-v0", scale="cpu", n_tasks=2, epochs=250)  # paper's task on the stand-in
+    # The paper's task on the stand-in.
+    env = gym.make("ContinualImageNet-v0", scale="cpu", n_tasks=2, epochs=250, train_per_class=600)
     counts = env.unwrapped.phase_counts(1)
     assert counts == {"train": {"examples": 300_000, "steps": 3000}, "test": {"examples": 200, "steps": 2}}
+
+
+def test_cpu_scale_protocol():
+    """The cpu scale as its docstring states it: 30 tasks of 50 train + 2 test steps."""
+    env = gym.make("ContinualImageNet-v0", scale="cpu")
+    u = env.unwrapped
+    assert (u.n_tasks, u.epochs, u.train_per_class, u.test_per_class, u.batch_size) == (30, 25, 100, 100, 100)
+    assert u.phase_counts(29) == {"train": {"examples": 5_000, "steps": 50}, "test": {"examples": 200, "steps": 2}}
+    assert u.n_steps_total == 1_560
 
 
 def test_images_come_from_the_pair_train_then_test_each_epoch_a_permutation():
