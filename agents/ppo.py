@@ -30,8 +30,8 @@ old log-probs and values are computed for the whole rollout in one batched forwa
 time (the networks do not change during collection, so these are the same numbers, faster).
 
 The agent runs over a Gymnasium vector env of ``config.num_envs`` copies in ``SAME_STEP``
-autoreset mode (:func:`make_vector_env`); see :class:`EpisodicAgent` for the interface a run
-loop drives, and :func:`train` for a plain training loop.
+autoreset mode (:func:`make_vector_env`); see :class:`agents.protocol.EpisodicAgent` for the
+interface a run loop drives, and :func:`train` for a plain training loop.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -52,6 +52,7 @@ from agents.cbp import ContinualBackprop
 from agents.config import CBPConfig, ConfigBase, OptimizerConfig, ReDoConfig, deep_merge
 from agents.networks import MLP, resolve_device
 from agents.optim import ReferenceOptimizer
+from agents.protocol import EpisodicAgent
 from agents.redo import ReDo
 from agents.units import InitSpec, UnitGroup, set_init
 from plasticity_gym.metrics import measure
@@ -191,42 +192,6 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_v
 
 
 # -- the agent ----------------------------------------------------------------------------------
-@runtime_checkable
-class EpisodicAgent(Protocol):
-    """What a run loop needs from an RL agent over a Gymnasium vector env of ``num_envs`` copies
-    in ``SAME_STEP`` autoreset mode (:func:`make_vector_env`)::
-
-        obs, info = venv.reset(seed=seed)
-        while steps < total:
-            action = agent.act(obs, info)
-            obs, reward, terminated, truncated, info = venv.step(action)
-            agent.observe(obs, reward, terminated, truncated, info)   # learns when a rollout is full
-
-    ``observe`` gets the vector env's step outputs unchanged: for a copy whose episode ended,
-    ``obs`` is already the next episode's first observation and ``info["final_obs"]`` holds the
-    last one. It returns the update's statistics when it learned, else ``None``.
-    ``probe_model()`` is the policy network (observation → action mean) for plasticity probes;
-    ``diagnostics()`` the RL metrics of the policy. ``state_dict``/``load_state_dict`` resume a run
-    exactly (a partly filled rollout included); agents also pickle.
-    """
-
-    num_envs: int
-    uses_task_boundaries: bool
-
-    def act(self, observation: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray: ...
-
-    def observe(self, observation: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
-                truncated: np.ndarray, info: dict[str, Any]) -> dict[str, Any] | None: ...
-
-    def probe_model(self) -> nn.Module: ...
-
-    def diagnostics(self, probe_observations: np.ndarray | None = None) -> dict[str, Any]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
 def _mlp(n_in: int, n_out: int, config: PPOConfig, generator: torch.Generator) -> MLP:
     net = MLP(n_in, config.hidden, n_out, activation=config.activation, generator=generator)
     if config.init == "lecun":  # the authors' code: U(±√(3/fan_in)) on every layer, head included

@@ -1,4 +1,8 @@
-"""The agent protocol (docs/design.md §2): the only thing the harness and the arena rely on."""
+"""The agent protocols (docs/design.md §2): the only thing the harness and the arena rely on.
+
+:class:`Agent` learns from a supervised stream; :class:`EpisodicAgent` from episodes of a
+vector env (reinforcement learning).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Agent", "learning_phase", "next_phase"]
+__all__ = ["Agent", "EpisodicAgent", "learning_phase", "next_phase"]
 
 
 @runtime_checkable
@@ -26,6 +30,45 @@ class Agent(Protocol):
 
     def observe(self, observation: np.ndarray, action: np.ndarray, reward: float,
                 info: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class EpisodicAgent(Protocol):
+    """A reinforcement-learning agent over a Gymnasium vector env of ``num_envs`` copies in
+    ``SAME_STEP`` autoreset mode (a finished copy returns its next episode's first observation at
+    once, the final one in ``info["final_obs"]``)::
+
+        obs, info = venv.reset(seed=seed)
+        while steps < total:
+            action = agent.act(obs, info)
+            obs, reward, terminated, truncated, info = venv.step(action)
+            agent.observe(obs, reward, terminated, truncated, info)   # learns when a rollout is full
+
+    ``observe`` gets the vector env's step outputs unchanged and returns the update's statistics
+    when it learned, else ``None``. ``probe_model()`` is the policy network (observation →
+    action) for plasticity probes; ``diagnostics(probe_observations)`` the RL metrics of the
+    policy on those observations (``dormant_pct``, ``stable_rank``, ``avg_weight_magnitude``,
+    ``max_weight_change``: the largest total weight change in one update since the previous
+    call). ``state_dict``/``load_state_dict`` resume a run exactly (a partly filled rollout
+    included). The harness (``plasticity-gym run`` on an episodic env) needs ``act``,
+    ``observe`` and ``num_envs``; the rest is used when present.
+    """
+
+    num_envs: int
+    uses_task_boundaries: bool
+
+    def act(self, observation: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray: ...
+
+    def observe(self, observation: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray, info: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def probe_model(self) -> Any: ...
+
+    def diagnostics(self, probe_observations: np.ndarray | None = None) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def next_phase(info: dict[str, Any]) -> str:

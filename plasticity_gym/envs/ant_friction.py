@@ -103,13 +103,19 @@ class AntFrictionEnv(AntEnv):
     registered ``TimeLimit`` (``max_episode_steps`` of ``gym.make``).
 
     ## Scales
-    ============  ============  ==========================================================
-    scale         change_every  purpose
-    ============  ============  ==========================================================
-    ``smoke``     2,000         tests: a change every 2 full episodes
-    ``cpu``       100,000       a CPU run of about 1M steps sees 10 frictions (default)
-    ``paper``     2,000,000     the paper's protocol
-    ============  ============  ==========================================================
+    A scale sets ``change_every`` and names the length of a run (``run_steps``: the env steps per
+    seed that ``plasticity-gym run AntFriction-v0`` takes at that scale; the env itself never ends
+    a lifetime).
+
+    ============  ============  ===========  ================================================
+    scale         change_every  run_steps    purpose
+    ============  ============  ===========  ================================================
+    ``smoke``     2,000         6,144        tests: a change every 2 full episodes
+    ``cpu``       50,000        150,000      3 frictions in a run; PPO on this 2-core machine
+                                             runs ~650–1,000 env steps/s, so ``ppo`` and
+                                             ``ppo-cbp`` × 3 seeds take about 25 min (default)
+    ``paper``     2,000,000     20,000,000   the paper's schedule; 10 frictions
+    ============  ============  ===========  ================================================
 
     ## Attributes
     ``config`` (resolved kwargs), ``scale``, ``friction``, ``friction_index``,
@@ -125,9 +131,11 @@ class AntFrictionEnv(AntEnv):
     }
     scales: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"change_every": 2_000},
-        "cpu": {"change_every": 100_000},
+        "cpu": {"change_every": 50_000},
         "paper": {"change_every": PAPER_CHANGE_EVERY},
     }
+    # Env steps per seed of a run at each scale (read by the harness; not an env kwarg).
+    run_steps: ClassVar[dict[str, int]] = {"smoke": 6_144, "cpu": 150_000, "paper": 10 * PAPER_CHANGE_EVERY}
 
     def __init__(self, scale: str = DEFAULT_SCALE, render_mode: str | None = None, **kwargs: Any):
         config = self.resolve_config(scale, **kwargs)

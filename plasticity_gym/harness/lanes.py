@@ -8,9 +8,11 @@ and shown the same way:
 * :class:`LockstepLanes` — one lockstep learner on the env's native vector env, one lane per seed
   (``gym.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``);
 * :class:`ArenaLanes` — named learners on one seed's identical stream
-  (:class:`~plasticity_gym.arena.SupervisedArena`), one lane per learner.
+  (:class:`~plasticity_gym.arena.SupervisedArena`), one lane per learner;
+* :class:`~plasticity_gym.harness.episodic.EpisodicLanes` — one RL agent per seed on its copies of
+  an episodic env, every copy in one vector env: one lane per seed (its "examples" are env steps).
 
-A new kind (an episodic RL env and agent, for example) is one more class with the same methods.
+A new kind is one more class with the same methods.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from plasticity_gym.harness.checkpoint import agent_blob, restore_agent
 from plasticity_gym.harness.probes import ReplicaProber, probe_agent
-from plasticity_gym.harness.records import agent_record
+from plasticity_gym.harness.records import agent_record, metric_of
 from plasticity_gym.harness.recorder import VectorStreamRecorder
 from plasticity_gym.harness.resolve import AgentSpec, check_agent
 
@@ -33,6 +35,7 @@ class Lanes(Protocol):
     keys: list[tuple[str | None, int]]  # per lane: (result it belongs to, seed)
     env: Any  # an unwrapped env of the stream (config, data identity, budget)
     action_space: gym.Space  # one lane's action space
+    metric: str  # what the lanes' rewards score: accuracy, squared_error or episodic_return
 
     def info(self) -> Mapping[str, Any]:
         """The current step's info, one lane's view (``next_task_boundary``, ``next_task_id``)."""
@@ -48,6 +51,10 @@ class Lanes(Protocol):
 
     def agent_records(self) -> dict[str | None, dict[str, Any]]:
         """The ``agent`` block of each result the lanes feed."""
+
+    def run_records(self) -> list[dict[str, Any]]:
+        """Per lane, the blocks of its per-seed run that the lanes record themselves (they replace
+        the recorder's ``series`` and the probes' ``plasticity``); ``{}``: none."""
 
     def snapshot(self) -> Any:
         """Everything needed to continue (picklable); the kind's ``restore`` takes it back."""
@@ -74,6 +81,7 @@ class SingleLanes:
         self.spec, self.env, self.agent, self.seed = spec, env_u, agent, seed
         self.keys = [(None, seed)]
         self.action_space = env_u.action_space
+        self.metric = metric_of(self.action_space)
         self._obs, self._info = obs, info
         self._act, self._observe, self._env_step = agent.act, agent.observe, env_u.step
         self._reward = np.zeros(1)
@@ -113,6 +121,9 @@ class SingleLanes:
 
     def agent_records(self) -> dict[str | None, dict[str, Any]]:
         return {None: agent_record(self.agent, self.spec)}
+
+    def run_records(self) -> list[dict[str, Any]]:
+        return [{}]
 
     def snapshot(self) -> Any:
         return (self.env, self._obs, self._info, self.seed, agent_blob(self.agent))
@@ -163,6 +174,7 @@ class LockstepLanes:
         self.seeds = [int(s) for s in seeds]
         self.keys = [(None, s) for s in self.seeds]
         self.action_space = venv.single_action_space
+        self.metric = metric_of(self.action_space)
         self._obs, self._info = obs, info
         self._batch = int(venv.batch_size)
         self._prober = ReplicaProber(learner)
@@ -232,6 +244,9 @@ class LockstepLanes:
     def agent_records(self) -> dict[str | None, dict[str, Any]]:
         return {None: agent_record(self.learner, self.spec)}
 
+    def run_records(self) -> list[dict[str, Any]]:
+        return [{} for _ in self.seeds]
+
     def snapshot(self) -> Any:
         return (self.venv, self._obs, self._info, self.seeds, self.learner.state_dict())
 
@@ -249,6 +264,7 @@ class ArenaLanes:
         self.keys = [(n, seed) for n in self.names]
         self.env = arena.env_of(self.names[0])
         self.action_space = arena.action_space(self.names[0])
+        self.metric = metric_of(self.action_space)
         self._obs, self._infos = obs, infos
         self._rewards = np.zeros(len(self.names))
 
@@ -298,6 +314,9 @@ class ArenaLanes:
 
     def agent_records(self) -> dict[str | None, dict[str, Any]]:
         return {n: agent_record(self.learners[n], self.specs[n]) for n in self.names}
+
+    def run_records(self) -> list[dict[str, Any]]:
+        return [{} for _ in self.names]
 
     def snapshot(self) -> Any:
         return (self.arena, self._obs, self._infos, self.seed,

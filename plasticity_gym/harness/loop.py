@@ -5,6 +5,7 @@ A run is a list of *segments* run one after another (one per seed for single age
 arena, one for all seeds in lockstep); each segment opens its lanes, :func:`drive` runs them to
 the end of the stream, and each lane's per-seed run is filed under its result. A checkpoint
 holds the finished segments and the one in progress, so a resumed run equals an uninterrupted one.
+"Examples" are what a lane's step advances: a stream's examples, or an episodic env's env steps.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from plasticity_gym.harness.checkpoint import Checkpoint, set_rng_state
 from plasticity_gym.harness.lanes import Lanes
 from plasticity_gym.harness.probes import ProbeSchedule
 from plasticity_gym.harness.progress import Progress
-from plasticity_gym.harness.records import PlasticityLog, env_record, metric_of
+from plasticity_gym.harness.records import BINNED_METRICS, PlasticityLog, env_record
 from plasticity_gym.harness.recorder import VectorStreamRecorder, default_bin_examples
 
 
@@ -142,12 +143,12 @@ def run_segments(
         else:
             lanes = segment.open()
             if records is None:
-                metric = metric_of(lanes.action_space)
+                metric = lanes.metric
                 env_rec = env_record(env_id, lanes.env)
                 records = RunRecords(
                     env=env_rec, agents=lanes.agent_records(), metric=metric,
                     bin_examples=((bin_examples or default_bin_examples(int(lanes.env.n_examples_total)))
-                                  if metric == "squared_error" else bin_examples),
+                                  if metric in BINNED_METRICS else bin_examples),
                     schedule=ProbeSchedule.for_stream(probe_every, env_rec["budget"]["n_tasks"], probe_size),
                 )
             st = LoopState(recorder=lanes.recorder(records.metric, records.bin_examples),
@@ -162,12 +163,13 @@ def run_segments(
         drive(lanes, st, records.schedule, bar=bar, offset=done_before,
               checkpoint=lambda s, lanes=lanes: save(s, lanes), checkpoint_every=checkpoint_every)
         bar.close(done_before + st.examples * n_lanes)
+        own = lanes.run_records()  # what the lanes record themselves (episodic: episodes, series, ...)
         lanes.close()
         series = st.recorder.finish_all()
         finished.append([
             (key, {"seed": key[1], "n_examples": st.examples,
                    "wall_time_s": round(st.wall_s / n_lanes, 3),  # the lanes shared the clock
-                   "series": series[j], "plasticity": st.logs[j].as_dict()})
+                   "series": series[j], "plasticity": st.logs[j].as_dict(), **own[j]})
             for j, key in enumerate(lanes.keys)
         ])
         save(None, None)

@@ -1,9 +1,14 @@
 """Figures of result entries: the per-task curves and the plasticity metrics, with a 95%
-bootstrap band over seeds, several entries on one figure. Needs matplotlib (``.[plot]``)."""
+bootstrap band over seeds, several entries on one figure. Needs matplotlib (``.[plot]``).
+
+An episodic (RL) entry gets the mean return per friction segment, the return over env steps, and
+the policy's four diagnostics over env steps (dormant units, stable rank, average |w|, the
+largest weight change in one update)."""
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -21,11 +26,20 @@ _PLASTICITY_PANELS = (
     ("stable_rank", "stable rank"),
 )
 _MAX_PLASTICITY_PANELS = 3
+_EPISODIC_PANELS = (
+    ("dormant_pct", "policy dormant units (%)"),
+    ("stable_rank", "stable rank, last hidden layer"),
+    ("avg_weight_magnitude", "policy average |w|"),
+    ("max_weight_change", "largest weight change in one update"),
+)
 
 
 def _curve_panels(results: Sequence[Result]) -> list[tuple[str, str, str]]:
     """(series, y label, x label) for the stream curves the entries have."""
     metric = results[0].data["protocol"]["metric"]
+    if metric == "episodic_return":
+        return [("online", "mean return per friction segment", "friction segment"),
+                ("binned", "episodic return (binned)", "env steps")]
     if metric == "squared_error":
         return [("binned", "squared error (binned)", "bin")]
     panels = [("online", "online accuracy", "task")]
@@ -44,12 +58,21 @@ def _plasticity_matrix(res: Result, key: str) -> tuple[np.ndarray, np.ndarray] |
         vals = r["plasticity"]["metrics"][key]
         m[i, : len(vals)] = [np.nan if v is None else v for v in vals]
     longest = max(runs, key=lambda r: len(r["plasticity"]["task"]))
-    return np.asarray(longest["plasticity"]["task"]), m
+    x = longest["plasticity"].get("step", longest["plasticity"]["task"])  # episodic: env steps
+    return np.asarray(x), m
 
 
-def _band(ax, x, m, label, color) -> None:
-    mean, lo, hi = bootstrap_band(m)
-    ax.plot(x, mean, label=label, color=color, lw=1.4)
+def _steps_label(value: float, _pos: int) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e3:g}k" if abs(value) >= 1e3 else f"{value:g}"
+
+
+def _band(ax, x, m, label, color, marker: str | None = None) -> None:
+    with warnings.catch_warnings():  # a point no seed has (an episodic bin without episodes) stays a gap
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, lo, hi = bootstrap_band(m)
+    ax.plot(x, mean, label=label, color=color, lw=1.4, marker=marker, ms=3)
     if m.shape[0] > 1:
         ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0)
 
@@ -67,10 +90,11 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     if len(metrics) > 1:
         raise ValueError("cannot put classification and regression entries on one figure")
     curves = _curve_panels(results)
+    episodic = metrics == {"episodic_return"}
     plast = [
-        (k, lab) for k, lab in _PLASTICITY_PANELS
+        (k, lab) for k, lab in (_EPISODIC_PANELS if episodic else _PLASTICITY_PANELS)
         if any(_plasticity_matrix(r, k) is not None for r in results)
-    ][:_MAX_PLASTICITY_PANELS]
+    ][:len(_EPISODIC_PANELS) if episodic else _MAX_PLASTICITY_PANELS]
     panels = len(curves) + len(plast)
     ncols = min(panels, 3)
     nrows = -(-panels // ncols)
@@ -84,21 +108,29 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
             m = res.series(series)
             if m.size:
                 x = np.asarray(max((r["series"].get(series, {"index": []})["index"] for r in res.data["runs"]), key=len))
-                _band(ax, x, m, label, color)
+                if episodic and series == "binned":  # bin k ends at step (k+1)·width
+                    x = (x + 1) * res.data["protocol"]["bin_examples"]
+                _band(ax, x, m, label, color, "o" if episodic else None)
         for ax, (key, _) in zip(flat[len(curves):], plast):
             got = _plasticity_matrix(res, key)
             if got is not None:
-                _band(ax, got[0], got[1], label, color)
+                # Episodic points may stand alone between gaps (no episode in a bin, no update
+                # between two diagnoses): markers keep them visible.
+                _band(ax, got[0], got[1], label, color, "o" if episodic else None)
     for ax, (_, ylab, xlab) in zip(flat, curves):
         ax.set_xlabel(xlab)
         ax.set_ylabel(ylab)
     for ax, (_, ylab) in zip(flat[len(curves):], plast):
-        ax.set_xlabel("task")
+        ax.set_xlabel("env steps" if episodic else "task")
         ax.set_ylabel(ylab)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    for ax in flat[:panels]:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks and bins are whole numbers
+    for i, ax in enumerate(flat[:panels]):
+        if episodic and i > 0:  # env steps: few ticks, in thousands (or millions)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+            ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks and bins are whole numbers
     for ax in flat[panels:]:
         ax.set_visible(False)
     flat[0].legend(fontsize=8)

@@ -63,13 +63,24 @@ def resolve_agent(
     env_id: str,
     scale: str,
     overrides: Mapping[str, Any] | None = None,
+    kind: str = "supervised",
 ) -> AgentSpec:
     """A reference agent name, a ``"module:factory"`` string or a factory callable → spec.
 
     Reference agents are built by ``agents.make_agent`` with their (env, scale) defaults and
     ``overrides`` on top (an env without named defaults gets defaults inferred from its spaces);
-    a user's factory gets ``overrides`` as keyword arguments.
+    a user's factory gets ``overrides`` as keyword arguments. ``kind`` is the env's: a
+    ``"supervised"`` stream takes the supervised learners (``agents.AGENT_NAMES``), an
+    ``"episodic"`` RL env the PPO variants (``agents.RL_AGENT_NAMES``); a name of the other kind
+    is an error that says which names fit.
     """
+    if kind not in ("supervised", "episodic"):
+        raise ValueError(f"kind must be 'supervised' or 'episodic', got {kind!r}")
+    from plasticity_gym.registration import EPISODIC_ENV_IDS
+
+    if kind == "supervised" and env_id in EPISODIC_ENV_IDS:
+        raise ValueError(f"{env_id} is an episodic RL env: run it with `plasticity-gym run` or "
+                         "plasticity_gym.harness.episodic.evaluate_episodic (this path runs supervised streams)")
     overrides = dict(overrides or {})
     if callable(agent):
         ident = f"{getattr(agent, '__module__', '?')}:{getattr(agent, '__qualname__', repr(agent))}"
@@ -81,15 +92,27 @@ def resolve_agent(
 
     import agents as reference  # lazy: the harness needs the agents package only for names
 
-    names = tuple(getattr(reference, "AGENT_NAMES", ()))
-    if agent in getattr(reference, "RL_AGENT_NAMES", ()):
-        raise ValueError(f"{agent!r} is a PPO agent for episodic continuous-control envs, which the "
-                         "harness does not run yet; train it with agents.ppo.train (see docs/ppo.md)")
+    supervised = tuple(getattr(reference, "AGENT_NAMES", ()))
+    episodic = tuple(getattr(reference, "RL_AGENT_NAMES", ()))
+    names, other = (supervised, episodic) if kind == "supervised" else (episodic, supervised)
+    if agent in other:
+        what, env_kind = (
+            ("a PPO agent for episodic continuous-control envs (AntFriction-v0, Hopper-v5, ...)",
+             "runs here as a supervised stream") if kind == "supervised" else
+            ("a supervised-stream learner", "is an episodic RL env"))
+        raise ValueError(f"{agent!r} is {what}, but {env_id} {env_kind}; its reference agents are "
+                         f"{', '.join(names)} (or your own as module:factory)")
     if agent not in names:
         raise ValueError(
-            f"unknown agent {agent!r}; reference agents: {', '.join(names) or '(none installed)'}; "
+            f"unknown agent {agent!r}; reference agents for {env_id}: {', '.join(names) or '(none installed)'}; "
             "or give your own as module:factory"
         )
+    if kind == "episodic":
+        def build_rl(observation_space, action_space, seed, device):
+            return reference.make_agent(agent, observation_space, action_space, scale=scale,
+                                        overrides=overrides or None, seed=seed, device=device)
+
+        return AgentSpec(build_rl, "reference", agent, overrides)
     # Only ids with named defaults are passed on: any other env (a user's, a test's) gets the
     # defaults the agents infer from its spaces.
     defaults_id = env_id if env_id in getattr(reference, "ENV_IDS", (env_id,)) else None

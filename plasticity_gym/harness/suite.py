@@ -6,7 +6,9 @@ are), and for each reference entry there re-runs its agent with the board's seed
 job queue served by ``--jobs`` worker processes (default: one per core), each with
 ``cores / jobs`` torch threads (never more threads than cores: OpenMP threads that outnumber
 the cores spin-wait against each other), longest job first (by the stored entry's wall time)
-so that the workers finish together.
+so that the workers finish together. An episodic (RL) board's runs get one torch thread whatever
+``--jobs`` says: PPO's mini-batches of 128 are too small for a second thread to pay, and on a
+busy machine its spin-waiting made PPO several times slower.
 Each run writes ``runs/<scale>/<env>-<agent>.json`` (and a ``.log``) and resumes from its
 checkpoint when the suite is started again. Then every finished entry is filed under its board,
 the tables in ``leaderboards/README.md`` are regenerated and each board's figure is redrawn.
@@ -37,6 +39,7 @@ class Job:
     seeds: int
     name: str  # the entry's file name on the board (without .json)
     expected_s: float = 0.0  # the stored entry's wall time, for ordering
+    episodic: bool = False  # an RL env: one torch thread per run
 
     @property
     def board(self) -> str:
@@ -80,11 +83,14 @@ def plan(board_dir: Path, scale: str, *, envs: Sequence[str] | None = None,
         # The id the entries were made with (a module:Id env's directory drops the module).
         env_id = next((e["env"]["id"] for e in stored.values()), env_dir.name)
         chosen = list(agents) if agents is not None else list(stored)
+        from plasticity_gym.harness.episodic import is_episodic_env
+
+        episodic = is_episodic_env(env_id)
         for name in chosen:
             entry = stored.get(name)
             agent = entry["agent"]["factory"] if entry else name
             wall = float(entry["provenance"]["wall_time_s"]) if entry else 0.0
-            jobs.append(Job(env_id, scale, agent, int(board_seeds), name, wall))
+            jobs.append(Job(env_id, scale, agent, int(board_seeds), name, wall, episodic))
     if not jobs:
         raise ValueError(f"no reference entries of scale {scale!r} under {board_dir}")
     return sorted(jobs, key=lambda j: -j.expected_s)
@@ -101,7 +107,6 @@ def run_jobs(jobs: Sequence[Job], *, runs_dir: Path, n_workers: int,
     """Run ``jobs`` on ``n_workers`` processes at once, each with ``cores / n_workers`` threads;
     returns each job's exit status."""
     threads = max(1, (os.cpu_count() or 1) // n_workers)
-    env = {**os.environ, **thread_env(threads), "CI": "true"}
     queue = list(jobs)
     running: dict[subprocess.Popen, tuple[Job, float, TextIO]] = {}
     status: dict[Job, int] = {}
@@ -111,7 +116,9 @@ def run_jobs(jobs: Sequence[Job], *, runs_dir: Path, n_workers: int,
             out = job.out(runs_dir)
             out.parent.mkdir(parents=True, exist_ok=True)
             log = open(out.with_suffix(".log"), "w", encoding="utf-8")
-            argv = job.argv(runs_dir, threads)
+            job_threads = 1 if job.episodic else threads
+            argv = job.argv(runs_dir, job_threads)
+            env = {**os.environ, **thread_env(job_threads), "CI": "true"}
             echo(f"start {job.board} {job.name} ({job.seeds} seeds): {shlex.join(argv)}")
             # This interpreter, so the runs use the same installation as the suite.
             proc = subprocess.Popen([sys.executable, "-m", "plasticity_gym.harness.cli", *argv[1:]],
@@ -158,10 +165,11 @@ def regenerate(scale: str, *, board_dir: Path, runs_dir: Path = Path("runs"), en
     n_workers = n_workers or default_workers()
     t0 = time.perf_counter()
     threads = max(1, (os.cpu_count() or 1) // n_workers)
-    echo(f"{len(jobs)} runs of scale {scale} on {n_workers} worker(s), {threads} torch thread(s) each")
+    echo(f"{len(jobs)} runs of scale {scale} on {n_workers} worker(s), {threads} torch thread(s) each"
+         + (" (episodic runs: 1)" if any(j.episodic for j in jobs) else ""))
     if dry_run:
         for job in jobs:
-            echo(shlex.join(job.argv(runs_dir, threads)))
+            echo(shlex.join(job.argv(runs_dir, 1 if job.episodic else threads)))
         return 0
     status = run_jobs(jobs, runs_dir=runs_dir, n_workers=n_workers, echo=echo)
     publish(jobs, status, runs_dir=runs_dir, board_dir=board_dir, readme=board_dir / "README.md",

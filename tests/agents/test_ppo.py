@@ -123,6 +123,16 @@ def test_gae_by_hand():
 
 
 # -- the interface ------------------------------------------------------------------------------
+def test_the_episodic_protocol_lives_with_the_agent_protocol():
+    import agents.ppo
+    from agents import protocol
+
+    # One protocol, in agents/protocol.py, which the harness reads; agents.ppo re-exports it.
+    assert agents.ppo.EpisodicAgent is protocol.EpisodicAgent
+    assert isinstance(_small(), protocol.EpisodicAgent)
+    assert not isinstance(object(), protocol.EpisodicAgent)
+
+
 def test_agent_drives_several_env_copies_and_learns_once_per_rollout():
     agent = _small(num_envs=4, rollout_steps=16)
     assert isinstance(agent, EpisodicAgent)
