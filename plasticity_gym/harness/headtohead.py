@@ -3,7 +3,8 @@
 Each agent's runs become an ordinary result entry (so a comparison can be plotted or
 submitted), and the agents are ranked by the board's primary metric with paired differences:
 per seed, the leader's metric minus the other's (signed so that positive means the leader is
-better), then the mean and a percentile-bootstrap 95% CI over seeds.
+better), then the mean and its 95% Student-t interval over seeds (:func:`paired_gap`; one seed
+gives no interval, and decides nothing).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from plasticity_gym.harness.lanes import ArenaLanes
 from plasticity_gym.harness.loop import Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
 from plasticity_gym.harness.records import build_result
 from plasticity_gym.harness.resolve import AgentFactory, resolve_agent, resolve_device, seed_list
-from plasticity_gym.harness.result import Result, bootstrap_ci
+from plasticity_gym.harness.result import Result, mean_ci
 from plasticity_gym.harness.threads import set_threads
 
 
@@ -37,19 +40,25 @@ class Comparison:
         better = "higher" if self.higher_is_better else "lower"
         lines = [
             f"{first.env_id} (scale {first.scale}), {n} seed{'s' if n > 1 else ''}, identical stream per seed; "
-            f"{self.metric} ({better} is better), mean [95% bootstrap CI over seeds]"
+            f"{self.metric} ({better} is better), mean [95% Student-t CI over seeds]"
         ]
         width = max(len(k) for k in self.ranking)
         for rank, name in enumerate(self.ranking, 1):
             m = self.results[name].summary[self.metric]
-            line = f"  {rank}. {name.ljust(width)}  {_num(m['value'])} [{_num(m['ci_low'])}, {_num(m['ci_high'])}]"
+            line = f"  {rank}. {name.ljust(width)}  {_num(m['value'])}" + (
+                f" [{_num(m['ci_low'])}, {_num(m['ci_high'])}]" if m["ci_low"] is not None else "")
             if name in self.gaps:
                 g, lo, hi = self.gaps[name]
-                line += f"   behind {self.ranking[0]} by {_num(g)} [{_num(lo)}, {_num(hi)}]"
+                line += f"   behind {self.ranking[0]} by {_num(g)}" + (f" [{_num(lo)}, {_num(hi)}]" if lo == lo else "")
             lines.append(line)
         leader = self.ranking[0]
         for name in self.ranking[1:]:
             g, lo, hi = self.gaps[name]
+            if lo != lo:  # NaN: one seed (or a non-finite value) gives no interval
+                lines.append(f"{leader} and {name} cannot be told apart on {n} seed{'s' if n > 1 else ''}: "
+                             f"{leader} is ahead by {_num(g)} in {self.metric}, but a paired interval needs at "
+                             "least 2 seeds with finite values (run --seeds 5 or more)")
+                continue
             verdict = "ahead of" if lo > 0 else "not clearly ahead of (the CI includes 0)"
             lines.append(
                 f"{leader} is {verdict} {name}: by {_num(g)} in {self.metric} (95% CI {_num(lo)} to {_num(hi)}, "
@@ -149,11 +158,22 @@ def rank(results: Mapping[str, Result]) -> Comparison:
         return float("-inf") if v is None else (v if higher else -v)
 
     ranking = sorted(names, key=value, reverse=True)
-    sign = 1.0 if higher else -1.0
     lead = results[ranking[0]].summary[metric]["per_seed"]
     gaps = {}
     for n in ranking[1:]:
         other = results[n].summary[metric]["per_seed"]
-        diffs = [sign * (a - b) if a is not None and b is not None else float("nan") for a, b in zip(lead, other)]
-        gaps[n] = bootstrap_ci(diffs)
+        gaps[n] = paired_gap(_floats(lead), _floats(other), higher)
     return Comparison(dict(results), metric, higher, ranking, gaps)
+
+
+def _floats(values: Sequence[float | None]) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in values]
+
+
+def paired_gap(lead: Any, other: Any, higher_is_better: bool) -> tuple[Any, Any, Any]:
+    """How far ``lead`` is ahead of ``other``: per seed the difference (signed so that positive
+    means ``lead`` is better), then its mean and 95% Student-t interval over seeds
+    (:func:`~plasticity_gym.harness.result.mean_ci`). Per-seed values as 1-D sequences, or 2-D
+    arrays of one row of seeds per experiment (vectorised)."""
+    sign = 1.0 if higher_is_better else -1.0
+    return mean_ci(sign * (np.asarray(lead, dtype=np.float64) - np.asarray(other, dtype=np.float64)))

@@ -11,7 +11,7 @@ import numpy as np
 import plasticity_gym
 from plasticity_gym.harness._io import sha256_of, to_jsonable
 from plasticity_gym.harness.resolve import AgentSpec
-from plasticity_gym.harness.result import Result, hardware, now_iso, summarize, versions
+from plasticity_gym.harness.result import Result, code_identity, hardware, now_iso, summarize, versions
 from plasticity_gym.harness.schema import SCHEMA_VERSION
 
 
@@ -57,6 +57,10 @@ def agent_record(agent: Any, spec: AgentSpec) -> dict[str, Any]:
         "uses_task_boundaries": bool(agent.uses_task_boundaries),
         "learns_only_in_train": bool(getattr(agent, "learns_only_in_train", True)),
     }
+
+
+# Metrics whose runs also get a ``binned`` series (bins of examples, or of env steps).
+BINNED_METRICS = ("squared_error", "episodic_return")
 
 
 def metric_of(action_space: gym.Space) -> str:
@@ -121,8 +125,10 @@ def build_result(
     fallback_wall_s: float = 0.0,
     execution: str = "sequential",
     probe_tasks: Sequence[int] | None = None,
+    extra_protocol: Mapping[str, Any] | None = None,
 ) -> Result:
-    """Assemble and validate a result entry from finished per-seed runs."""
+    """Assemble and validate a result entry from finished per-seed runs (``extra_protocol``:
+    further ``protocol`` fields, e.g. an episodic run's ``diagnose_every_steps``)."""
     protocol: dict[str, Any] = {
         "metric": metric,
         "probe_every_tasks": probe_every,
@@ -133,6 +139,7 @@ def build_result(
     }
     if probe_tasks is not None:
         protocol["probe_tasks"] = [int(t) for t in probe_tasks]
+    protocol.update(extra_protocol or {})
     data = {
         "schema_version": SCHEMA_VERSION,
         "env": env_rec,
@@ -147,6 +154,7 @@ def build_result(
             "wall_time_s": round(sum(r["wall_time_s"] for r in runs) or fallback_wall_s, 3),
             "hardware": hardware(device),
             "versions": versions(),
+            "code": code_identity(),
         },
     }
     result = Result(to_jsonable(data))

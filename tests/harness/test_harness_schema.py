@@ -37,6 +37,16 @@ def test_valid_entry_passes(entry):
     assert entry["runs"][0]["plasticity"]["task"] == [0, 1, 2, 3]  # a probe at every task start
 
 
+def test_provenance_records_the_code(entry):
+    code = entry["provenance"]["code"]
+    assert code["package_version"] == plasticity_gym.__version__
+    assert len(code["source_sha256"]) == 64 and int(code["source_sha256"], 16) >= 0
+    assert code["git_commit"] is None or len(code["git_commit"]) == 40  # a commit where there is git
+    old = copy.deepcopy(entry)
+    del old["provenance"]["code"]  # entries written before it existed stay valid
+    assert result_errors(old) == []
+
+
 def _required(schema: dict, node: dict, prefix: str = ""):
     """Every required field path of the schema (objects only, $refs followed for runs/summary)."""
     for name in node.get("required", []):

@@ -1,4 +1,4 @@
-"""Units: the recorder's series, bootstrap CIs, --set parsing, progress quietness, submit."""
+"""Units: the recorder's series, intervals over seeds, --set parsing, progress quietness, submit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from plasticity_gym.harness.cli import parse_sets
 from plasticity_gym.harness.progress import Progress, progress_wanted
 from plasticity_gym.harness.recorder import StreamRecorder, default_bin_examples
-from plasticity_gym.harness.result import bootstrap_ci
+from plasticity_gym.harness.result import mean_ci
 
 
 def _info(task, phase="train", n=1):
@@ -43,11 +43,14 @@ def test_recorder_error_bins_and_non_finite():
     assert default_bin_examples(3_000_000) == 40_000 and default_bin_examples(20_000) == 2_000
 
 
-def test_bootstrap_ci():
-    mean, lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5 and 1.0 <= lo < mean < hi <= 4.0
-    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
-    assert bootstrap_ci([1.0, 2.0]) == bootstrap_ci([1.0, 2.0])  # deterministic
+def test_mean_ci_rows_are_vectorised():
+    # Per-seed values 1..4: mean 2.5, s = sqrt(5/3), t(0.975, 3) = 3.1824463 from the printed table.
+    half = 3.1824463 * (5.0 / 3.0) ** 0.5 / 2.0
+    assert mean_ci([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, 2.5 - half, 2.5 + half), rel=1e-7)
+    rows = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], [1.0, np.nan, 3.0, 4.0]])
+    mean, lo, hi = mean_ci(rows)
+    assert mean[:2].tolist() == [2.5, 2.0] and lo[1] == hi[1] == 2.0 and np.isnan([mean[2], lo[2], hi[2]]).all()
+    assert (lo[0], hi[0]) == mean_ci(rows[0])[1:]
 
 
 def test_parse_sets():

@@ -77,7 +77,7 @@ def test_user_agent_through_the_python_api():
 
 
 def test_compare_user_agent_against_itself_with_a_worse_setting(cli):
-    comp = compare("SlowRegression-v0", [make_linear, make_linear], scale="smoke", seeds=(0, 1, 2),
+    comp = compare("SlowRegression-v0", [make_linear, make_linear], scale="smoke", seeds=(0, 1, 2, 3, 4),
                    env_kwargs=SR, overrides={"make_linear#2": {"lr": 1e-5}}, progress=False)
     assert comp.ranking == ["make_linear", "make_linear#2"]
     gap, lo, hi = comp.gaps["make_linear#2"]
