@@ -4,7 +4,10 @@ Examples::
 
     plasticity-gym run SlowRegression-v0 --agent cbp --scale smoke --seeds 3 --out runs/cbp.json
     plasticity-gym run PermutedMNIST-v0 --agent mypkg.agents:make --set lr=0.01 --out runs/mine.json
-    plasticity-gym validate runs/*.json
+    plasticity-gym run AntFriction-v0 --agent ppo-cbp --scale cpu --seeds 3   # episodic RL (PPO)
+    plasticity-gym run Hopper-v5 --agent ppo --scale smoke --steps 8192       # any continuous-control env
+    plasticity-gym validate runs/*.json             # shape, and every number recomputed from the runs
+    plasticity-gym verify runs/cbp.json --seeds 1    # re-run a seed here and compare with the stored run
     plasticity-gym leaderboard SlowRegression-v0 --scale smoke --include runs/cbp.json
     plasticity-gym plot runs/cbp.json runs/backprop.json --out fig.png
     plasticity-gym compare SlowRegression-v0 --agents backprop cbp --scale smoke --seeds 3
@@ -21,38 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from plasticity_gym.harness.cliargs import add_episodic_args, add_run_args, add_stream_args, parse_sets
 from plasticity_gym.harness.resolve import AgentProtocolError
 from plasticity_gym.harness.schema import ResultValidationError
 from plasticity_gym.harness.threads import thread_env
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: a JSON literal when it parses (``1e-4``, ``true``, ``[1,2]``), else text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_sets(items: Sequence[str] | None, flag: str = "--set", *, nest: bool = True) -> dict[str, Any]:
-    """``["optimizer.lr=0.003", "cbp.maturity=100"]`` → ``{"optimizer": {"lr": 0.003}, ...}``.
-
-    Dotted keys nest (the reference agents' configs have sections); ``nest=False`` keeps them.
-    """
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise SystemExit(f"plasticity-gym: error: {flag} expects key=value, got {item!r}")
-        *parents, leaf = key.split(".") if nest else [key]
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SystemExit(f"plasticity-gym: error: {flag} {key}: {part} is both a value and a section")
-        node[leaf] = parse_value(value)
-    return out
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
@@ -61,28 +36,6 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     if args.seeds < 1:
         raise SystemExit("plasticity-gym: error: --seeds must be >= 1")
     return list(range(args.seeds))
-
-
-def _add_stream_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("env_id", help="environment id, e.g. SlowRegression-v0 (or module:Id)")
-    p.add_argument("--scale", default="cpu", help="named scale of the env: smoke, cpu or paper (default cpu)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--seeds", type=int, default=1, metavar="N", help="run seeds 0..N-1 (default 1)")
-    g.add_argument("--seed-list", type=int, nargs="+", metavar="S", help="run exactly these seeds")
-    p.add_argument("--env-set", action="append", metavar="KEY=VALUE", help="env kwarg on top of the scale")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default auto)")
-    p.add_argument("--probe-every", type=int, default=None, metavar="K",
-                   help="measure plasticity metrics at the start of every K-th task; 0 disables (default: "
-                        "every task, thinned evenly to at most 100 probes per run)")
-    p.add_argument("--probe-size", type=int, default=2000, help="examples in the probe batch (default 2000)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch CPU threads of this process (default: torch's, one per core, right for a run "
-                        "alone); give 1 to each of several runs started at once, or they slow each other down")
-    prog = p.add_mutually_exclusive_group()
-    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
-                      help="always show the progress line")
-    prog.add_argument("--no-progress", dest="progress", action="store_false",
-                      help="never show it (default: only on a terminal, not under CI=true)")
 
 
 def _version() -> str:
@@ -100,27 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run an agent over seeds and write a result entry")
-    _add_stream_args(p)
-    p.add_argument("--agent", required=True,
-                   help="reference agent name (backprop, adam, l2, shrink-perturb, cbp, ...) or module:factory")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="agent config override, dotted keys nest (optimizer.lr=0.003); the value is a JSON "
-                   "literal when it parses; a module:factory agent gets them as keyword arguments")
-    p.add_argument("--out", help="result file (default runs/<env>-<agent>-<scale>.json)")
-    p.add_argument("--bin-examples", type=int, help="bin width of the binned error (default 40000, "
-                   "narrowed on short streams)")
-    p.add_argument("--checkpoint", help="checkpoint file (default <out>.ckpt)")
-    p.add_argument("--checkpoint-every", type=int, default=100_000, metavar="N",
-                   help="examples between checkpoints; 0 disables checkpoints (default 100000)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
-    p.add_argument("--lockstep", choices=["auto", "on", "off"], default="auto",
-                   help="run the seeds of a reference MLP agent as one batched computation on the "
-                        "env's native vector env (auto: whenever supported and seeds > 1)")
+    add_run_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check result files against the schema")
-    p.add_argument("files", nargs="+")
+    p = sub.add_parser("validate", help="check result files: the schema, and every summary value, interval, "
+                       "env and agent identity recomputed from the runs and the stored command")
+    p.add_argument("files", nargs="+", metavar="FILE", help="result files (JSON) to check")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("verify", help="re-run some of a result file's seeds on this machine and compare the "
+                       "runs with the stored ones")
+    p.add_argument("file", metavar="FILE", help="the result file to verify")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="re-run the file's first K seeds (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="torch device (default: the one the file recorded)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("resummarize", help="recompute the summary of result files from their runs with this "
+                       "version's code (after a change to the summary statistics), in place")
+    p.add_argument("files", nargs="+", metavar="FILE", help="result files to rewrite (their runs are kept as they are)")
+    p.set_defaults(func=cmd_resummarize)
 
     p = sub.add_parser("leaderboard", help="render the boards as tables")
     p.add_argument("env_id", nargs="?", help="only this env")
@@ -139,12 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("compare", help="run agents head-to-head on the identical stream")
-    _add_stream_args(p)
+    add_stream_args(p)
     p.add_argument("--agents", nargs="+", required=True, metavar="AGENT",
                    help="two or more reference names or module:factory")
     p.add_argument("--set", action="append", metavar="NAME.KEY=VALUE",
                    help="override for one learner, e.g. cbp.replacement_rate=1e-4")
     p.add_argument("--out-dir", help="also write each agent's result entry here")
+    add_episodic_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reference", help="regenerate the reference entries of every board of a scale, "
@@ -181,8 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", help="download here (default: the cache)")
     q.set_defaults(func=cmd_data_cifar100)
 
-    p = sub.add_parser("submit", help="validate a result and file it under its board")
-    p.add_argument("file")
+    p = sub.add_parser("site", help="build the web leaderboard: static HTML pages of every board, "
+                       "viewable with no network")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the site: new, empty, or a previous build (which is replaced)")
+    p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
+    p.set_defaults(func=cmd_site)
+
+    p = sub.add_parser("submit", help="validate a result (numbers included) and file it under its board")
+    p.add_argument("file", metavar="FILE", help="the result file to file")
+    p.add_argument("--verify", action="store_true", help="also re-run its first seed here and require the "
+                   "stored run to be reproduced (plasticity-gym verify FILE --seeds 1)")
     p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
     p.add_argument("--name", help="file name of the entry (default <agent>-<config hash>)")
     p.set_defaults(func=cmd_submit)
@@ -191,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
     from plasticity_gym.harness.evaluate import evaluate
 
     agent_slug = args.agent.split(":")[-1].replace("/", "-")
@@ -198,6 +161,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     ckpt = None if args.checkpoint_every == 0 else Path(args.checkpoint or f"{out}.ckpt")
     if args.resume and (ckpt is None or not ckpt.exists()):
         print(f"plasticity-gym: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
+    if is_episodic_env(args.env_id):
+        if args.lockstep == "on":
+            raise ValueError("--lockstep on is for supervised streams; an episodic run steps every seed's "
+                             "env copies in one vector env anyway")
+        if args.probe_every is not None:
+            raise ValueError("--probe-every counts tasks of a supervised stream; for an episodic env give "
+                             "--diagnose-every N (env steps)")
+        result = evaluate_episodic(
+            args.env_id, args.agent, scale=args.scale, seeds=_seeds(args),
+            env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=parse_sets(args.set),
+            device=args.device, steps=args.steps, diagnose_every=args.diagnose_every,
+            probe_size=args.probe_size, bin_examples=args.bin_examples, checkpoint=ckpt,
+            checkpoint_every=args.checkpoint_every or 1, resume=args.resume, progress=args.progress,
+            command=args.command_line, out=out, threads=args.threads,
+        )
+        return _report_written(out, result)
+    if args.steps is not None or args.diagnose_every is not None:
+        raise ValueError(f"--steps and --diagnose-every are for episodic envs; {args.env_id} is a supervised "
+                         "stream whose length is set by its scale")
     result = evaluate(
         args.env_id, args.agent, scale=args.scale, seeds=_seeds(args),
         env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=parse_sets(args.set),
@@ -207,32 +189,73 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=args.progress, command=args.command_line, out=out, lockstep=args.lockstep,
         threads=args.threads,
     )
+    return _report_written(out, result)
+
+
+def _report_written(out: Path, result: Any) -> int:
     m = result.summary[result.primary]
+    ci = f" [{m['ci_low']:.4g}, {m['ci_high']:.4g}]" if m["ci_low"] is not None else ""
     print(f"wrote {out}: {result.agent_name} on {result.env_id} ({result.scale}), "
-          f"{result.primary} = {m['value']:.4g} [{m['ci_low']:.4g}, {m['ci_high']:.4g}] over {len(result.seeds)} seed(s)"
+          f"{result.primary} = {m['value']:.4g}{ci} over {len(result.seeds)} seed(s)"
           if m["value"] is not None else f"wrote {out}")
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from plasticity_gym.harness.schema import result_errors
+def _read_entry(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
 
+
+def _check_file(path: str) -> tuple[list[str], list[str]]:
+    from plasticity_gym.harness.verify import check_entry
+
+    try:
+        entry = _read_entry(path)
+    except (FileNotFoundError, ValueError) as exc:
+        return [str(exc)], []
+    return check_entry(entry)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for f in args.files:
-        try:
-            with open(f, encoding="utf-8") as fh:
-                entry = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"{f}: INVALID\n  cannot read JSON: {exc}")
-            bad += 1
-            continue
-        errors = result_errors(entry)
+        errors, notes = _check_file(f)
         if errors:
             bad += 1
             print(f"{f}: INVALID\n  " + "\n  ".join(errors))
         else:
-            print(f"{f}: ok")
+            print(f"{f}: ok" + "".join(f"\n  note: {n}" for n in notes))
     return 1 if bad else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness.result import Result
+    from plasticity_gym.harness.verify import verify
+
+    report = verify(Result.load(args.file).data, args.seeds, device=args.device)
+    print(f"{args.file}: " + report.report(), end="")
+    return 0 if report.ok else 1
+
+
+def cmd_resummarize(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness._io import atomic_write_json
+    from plasticity_gym.harness.result import Result, resummarize
+
+    for f in args.files:
+        old = Result.load(f).data
+        new = resummarize(old)
+        if new["summary"] == old["summary"]:
+            print(f"{f}: summary unchanged")
+            continue
+        Result(new).validate(f)
+        atomic_write_json(f, new)
+        print(f"{f}: summary recomputed from its runs (runs unchanged)")
+    return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -241,7 +264,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     board_dir = Path(args.dir) if args.dir else boards.default_dir()
     paths: list[Path] = [board_dir] if board_dir.is_dir() else []
     paths += [Path(p) for p in args.include]
-    entries = boards.load_entries(paths)
+    entries = boards.load_entries(paths, full_check=args.include)
     markdown = args.markdown or bool(args.update_readme)
     rel = Path(args.update_readme).parent if args.update_readme else None
     text = boards.render(entries, env_id=args.env_id, scale=args.scale, markdown=markdown, relative_to=rel)
@@ -263,7 +286,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from plasticity_gym.harness.headtohead import compare, learner_names
+    from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
+    from plasticity_gym.harness.headtohead import compare, learner_names, rank
 
     names = learner_names(args.agents)
     overrides: dict[str, dict[str, Any]] = {}
@@ -277,12 +301,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 merged[k].update(v)
             else:
                 merged[k] = v
-    comp = compare(
-        args.env_id, args.agents, scale=args.scale, seeds=_seeds(args),
-        env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=overrides, device=args.device,
-        probe_every=args.probe_every, probe_size=args.probe_size, progress=args.progress,
-        command=args.command_line, threads=args.threads,
-    )
+    if is_episodic_env(args.env_id):
+        # No arena for episodes: each agent runs the same seeds (the same friction schedules and
+        # initial states), then the results are ranked with paired differences over seeds.
+        if len(names) < 2:
+            raise ValueError("compare needs at least two agents")
+        if args.probe_every is not None:
+            raise ValueError("--probe-every counts tasks of a supervised stream; an episodic env is "
+                             "diagnosed every fixed number of env steps")
+        comp = rank({
+            name: evaluate_episodic(
+                args.env_id, agent, scale=args.scale, seeds=_seeds(args),
+                env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=overrides.get(name),
+                device=args.device, steps=args.steps, diagnose_every=args.diagnose_every,
+                probe_size=args.probe_size, progress=args.progress, command=args.command_line,
+                threads=args.threads)
+            for name, agent in zip(names, args.agents)
+        })
+    else:
+        if args.steps is not None or args.diagnose_every is not None:
+            raise ValueError(f"--steps and --diagnose-every are for episodic envs; {args.env_id} is a "
+                             "supervised stream whose length is set by its scale")
+        comp = compare(
+            args.env_id, args.agents, scale=args.scale, seeds=_seeds(args),
+            env_kwargs=parse_sets(args.env_set, "--env-set", nest=False), overrides=overrides,
+            device=args.device, probe_every=args.probe_every, probe_size=args.probe_size,
+            progress=args.progress, command=args.command_line, threads=args.threads,
+        )
     print(comp.report(), end="")
     if args.out_dir:
         for name, res in comp.results.items():
@@ -304,9 +349,30 @@ def cmd_reference(args: argparse.Namespace) -> int:
                       n_workers=args.jobs, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
 
 
+def cmd_site(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness import boards
+    from plasticity_gym.harness.site import build_site
+
+    files = build_site(Path(args.dir) if args.dir else boards.default_dir(), args.out)
+    pages = [f for f in files if f.suffix == ".html"]
+    print(f"wrote {len(pages)} pages ({len(files)} files) to {args.out}; open {files[0]} in a browser")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from plasticity_gym.harness import boards
+    from plasticity_gym.harness.verify import verify
 
+    errors, _ = _check_file(args.file)
+    if errors:
+        print(f"{args.file}: INVALID, not filed\n  " + "\n  ".join(errors))
+        return 1
+    if args.verify:  # after the checks, which are quick; a re-run is not
+        report = verify(_read_entry(args.file), 1)
+        print(f"{args.file}: " + report.report(), end="")
+        if not report.ok:
+            print(f"{args.file}: not filed (its first seed did not reproduce)")
+            return 1
     dest = boards.submit(args.file, Path(args.dir) if args.dir else boards.default_dir(), name=args.name)
     print(f"filed {args.file} as {dest}")
     return 0
