@@ -4,11 +4,14 @@ A prepared script for a machine with a CUDA GPU (it prints, and exits non-zero i
 fails). For every case it builds the same agent with the same seed on ``cpu`` and on ``cuda``,
 drives both over the same stream and reports:
 
-* ``early``: after ``--early`` steps (before CBP can replace a unit: its fresh weights are drawn
-  from the device's own generator, so the two runs legitimately part after the first
+* ``early``: after the case's first few steps (before CBP can replace a unit: its fresh weights
+  are drawn from the device's own generator, so the two runs legitimately part after the first
   replacement), the trained parameters agree: ``max |cuda - cpu|`` over every parameter is at
   most 1% of how far the CPU's parameters moved from their initial values (``max |cpu - init|``)
-  (TF32 is switched off for the comparison);
+  (TF32 is switched off for the comparison). The window is short for the conv nets because
+  rounding differences grow there by themselves: measured on an H100, ResNet-18 (BatchNorm, step
+  size 0.1, momentum 0.9) went from 2.3e-5 after one step to 1.0e-1 after eight with the same
+  rewards at first, the convnet from 3e-7 to 6e-5;
 * ``run``: over the whole run, the mean per-step reward (batch accuracy, or minus the squared
   error) of the two devices agrees within the case's tolerance (``tol``, stated per case);
 * steps per second on each device (``seed-steps/s`` for lockstep cases: steps × seeds).
@@ -60,6 +63,7 @@ class Case:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     compile: bool | str = "auto"  # the lockstep learner's torch.compile request (on both devices)
+    early: int = 20  # steps before the parameter comparison
 
 
 CASES = [
@@ -70,9 +74,9 @@ CASES = [
     Case("mnist-3x2000-cbp-lockstep2", "PermutedMNIST-v0", "cbp", 600, 0.08, seeds=2, lockstep=True,
          overrides={"network": {"hidden": [2000, 2000, 2000]}, "optimizer": {"lr": 0.003}}),
     Case("mnist-3x100-adam-single", "PermutedMNIST-v0", "adam", 1000, 0.1),
-    Case("imagenet-convnet-cbp", "ContinualImageNet-v0", "cbp", 400, 0.05, env_kwargs={"n_tasks": 2}),
-    Case("cifar-resnet18-cpu-width-cbp", "ClassIncCIFAR100-v0", "cbp", 120, 0.08),
-    Case("cifar-resnet18-paper-width-cbp", "ClassIncCIFAR100-v0", "cbp", 40, 0.15, agent_scale="paper"),
+    Case("imagenet-convnet-cbp", "ContinualImageNet-v0", "cbp", 400, 0.05, env_kwargs={"n_tasks": 2}, early=5),
+    Case("cifar-resnet18-cpu-width-cbp", "ClassIncCIFAR100-v0", "cbp", 120, 0.08, early=1),
+    Case("cifar-resnet18-paper-width-cbp", "ClassIncCIFAR100-v0", "cbp", 40, 0.15, agent_scale="paper", early=1),
 ]
 
 
@@ -139,7 +143,8 @@ class Run:
         return self.timed_steps * seeds / self.seconds if self.seconds > 0 else math.nan
 
 
-def check_case(case: Case, device: str, early: int) -> bool:
+def check_case(case: Case, device: str) -> bool:
+    early = case.early
     runs = {"cpu": Run(case, "cpu"), device: Run(case, device)} if device != "cpu" else {
         "cpu": Run(case, "cpu"), "cpu ": Run(case, "cpu")}  # --device cpu: the script against itself
     device = list(runs)[1]
@@ -187,7 +192,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU (default cuda)")
     parser.add_argument("--only", nargs="+", metavar="TEXT", help="only cases whose name contains one of these")
-    parser.add_argument("--early", type=int, default=20, help="steps before the output comparison (default 20)")
+    parser.add_argument("--early", type=int, help="steps before the parameter comparison (default: the case's)")
     parser.add_argument("--scale-steps", type=float, default=1.0, help="multiply every case's steps (default 1)")
     parser.add_argument("--ppo-steps", type=int, default=8192, help="PPO env steps per device (default 8192)")
     args = parser.parse_args()
@@ -201,9 +206,10 @@ def main() -> int:
     failed: list[str] = []
     selected = [c for c in CASES if not args.only or any(t in c.name for t in args.only)]
     for case in selected:
-        case.steps = max(args.early + 10, int(case.steps * args.scale_steps))
+        case.early = case.early if args.early is None else args.early
+        case.steps = max(case.early + 10, int(case.steps * args.scale_steps))
         try:
-            if not check_case(case, args.device, args.early):
+            if not check_case(case, args.device):
                 failed.append(case.name)
         except Exception:  # noqa: BLE001  (report every case, then fail)
             traceback.print_exc()
