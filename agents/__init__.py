@@ -12,13 +12,13 @@ from typing import Any
 
 import gymnasium as gym
 
-from agents.config import (CBPConfig, LearnerConfig, NetworkConfig, OptimizerConfig, ReDoConfig,
+from plasticity_gym_agents.config import (CBPConfig, LearnerConfig, NetworkConfig, OptimizerConfig, ReDoConfig,
                            ShrinkPerturbConfig, config_hash, deep_merge)
-from agents.defaults import (AGENT_NAMES, ENV_IDS, RL_AGENT_NAMES, SCALES, default_config, defaults_table,
+from plasticity_gym_agents.defaults import (AGENT_NAMES, ENV_IDS, RL_AGENT_NAMES, SCALES, default_config, defaults_table,
                              rl_default_overrides)
-from agents.learners import SupervisedLearner, task_spec
-from agents.ppo import PPOAgent, PPOConfig, make_ppo_agent
-from agents.protocol import Agent
+from plasticity_gym_agents.learners import SupervisedLearner, task_spec
+from plasticity_gym_agents.ppo import PPOAgent, PPOConfig, make_ppo_agent
+from plasticity_gym_agents.protocol import Agent
 
 __all__ = ["AGENT_NAMES", "ENV_IDS", "SCALES", "Agent", "PPOAgent", "PPOConfig", "RL_AGENT_NAMES", "CBPConfig",
            "LearnerConfig", "NetworkConfig", "OptimizerConfig", "ReDoConfig", "ShrinkPerturbConfig",

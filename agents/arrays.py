@@ -1,6 +1,6 @@
 """A thin array layer: the few batched operations of the learner core, for torch and for numpy.
 
-The learner core (:mod:`agents.lockstep`) and CBP's statistics write their math once, on an
+The learner core (:mod:`plasticity_gym_agents.lockstep`) and CBP's statistics write their math once, on an
 array namespace: :data:`TORCH` (any device) or :data:`NUMPY` (small CPU arrays, where numpy's
 per-call overhead is a fraction of torch's: 1.3–1.6× the learner core's speed measured on
 SlowRegression's 5-unit networks). The hidden activations and their derivatives are written once

@@ -1,5 +1,5 @@
 """Continual backpropagation (Dohare et al. 2024, Methods: Algorithm 1 and equation 1) on the
-:class:`~agents.units.UnitGroup` declarations of any network (MLP, convnet, ResNet-18, PPO
+:class:`~plasticity_gym_agents.units.UnitGroup` declarations of any network (MLP, convnet, ResNet-18, PPO
 nets), so it never needs to know the architecture. Use::
 
     cbp = ContinualBackprop(net.cbp_groups(), CBPConfig(...), optimizer=opt, generator=g)
@@ -9,8 +9,8 @@ nets), so it never needs to know the architecture. Use::
 Unit values h are captured by forward hooks on each group's ``activation`` module during
 forwards run with gradients enabled (the training forward); code that runs its own forward
 passes them explicitly: ``cbp.step({group.name: h, ...})``. The statistics and the choice of
-units are :class:`agents.cbp_state.UnitStatistics`' (one replica per group), the surgery
-:func:`agents.units.reinit_units`' — the learner core runs both over a replica axis.
+units are :class:`plasticity_gym_agents.cbp_state.UnitStatistics`' (one replica per group), the surgery
+:func:`plasticity_gym_agents.units.reinit_units`' — the learner core runs both over a replica axis.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.cbp_state import UnitStatistics
-from agents.config import CBPConfig
-from agents.units import UnitGroup, reinit_units
+from plasticity_gym_agents.cbp_state import UnitStatistics
+from plasticity_gym_agents.config import CBPConfig
+from plasticity_gym_agents.units import UnitGroup, reinit_units
 
 __all__ = ["ActivationCapture", "ContinualBackprop"]
 
@@ -61,7 +61,7 @@ class ActivationCapture:
 class ContinualBackprop:
     """Utility tracking and selective re-initialisation over declared unit groups.
 
-    ``stats[name]``: each group's :class:`~agents.cbp_state.UnitStatistics` (one replica);
+    ``stats[name]``: each group's :class:`~plasticity_gym_agents.cbp_state.UnitStatistics` (one replica);
     ``replacements``: units replaced so far per group; ``steps``: calls of :meth:`step`.
     """
 

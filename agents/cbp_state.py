@@ -3,7 +3,7 @@
 One :class:`UnitStatistics` holds what Algorithm 1 keeps for a group of hidden units in ``R``
 replicas (1 for an ordinary network, one per seed in the learner core): utility (equation 1),
 running mean activation ĥ, ages, replacement accumulator and count. It decides *which* units to
-replace; :func:`agents.units.reinit_slices` replaces them.
+replace; :func:`plasticity_gym_agents.units.reinit_slices` replaces them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.arrays import NUMPY, TORCH
-from agents.config import CBPConfig
-from agents.optim import along, replica_scalar
+from plasticity_gym_agents.arrays import NUMPY, TORCH
+from plasticity_gym_agents.config import CBPConfig
+from plasticity_gym_agents.optim import along, replica_scalar
 
 __all__ = ["UnitStatistics"]
 
@@ -26,7 +26,7 @@ __all__ = ["UnitStatistics"]
 class UnitStatistics:
     """CBP statistics of ``n_units`` hidden units in each of ``n_replicas`` replicas.
 
-    ``config``: one :class:`~agents.config.CBPConfig`, or one per replica, alike but for the
+    ``config``: one :class:`~plasticity_gym_agents.config.CBPConfig`, or one per replica, alike but for the
     replacement rate, maturity and decay. Attributes: ``utility`` and ``mean_act`` (ĥ; ``(R, n)``
     tensors on the network's device), ``to_replace`` (``(R,)`` float64 numpy: the accumulator c),
     ``replacements`` (``(R,)`` int64 numpy) and ``steps`` (updates so far); :meth:`ages`.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from agents.config import deep_merge
+from plasticity_gym_agents.config import deep_merge
 
 __all__ = ["AGENT_NAMES", "ENV_IDS", "RL_AGENT_NAMES", "SCALES", "default_config", "defaults_table",
            "rl_default_overrides"]
@@ -27,10 +27,10 @@ AGENT_NAMES: tuple[str, ...] = (
     "linear", "cbp",
 )
 SCALES: tuple[str, ...] = ("smoke", "cpu", "paper")
-# The PPO variants for continuous-control envs (agents.ppo); kept apart from AGENT_NAMES, the
+# The PPO variants for continuous-control envs (plasticity_gym_agents.ppo); kept apart from AGENT_NAMES, the
 # supervised learners, so that a supervised stream never gets a PPO config.
 RL_AGENT_NAMES: tuple[str, ...] = ("ppo", "ppo-tuned", "ppo-l2", "ppo-cbp", "ppo-redo")
-# On top of agents.ppo's variants; the cpu and paper scales are the paper's PPO unchanged.
+# On top of plasticity_gym_agents.ppo's variants; the cpu and paper scales are the paper's PPO unchanged.
 _PPO_SMOKE = {"hidden": [64, 64], "rollout_steps": 512, "epochs": 2, "minibatches": 4}
 
 
@@ -126,7 +126,7 @@ def _cifar_cbp(scale: str) -> dict[str, Any]:
 
 
 def _generic(spec: dict[str, Any]) -> dict[str, dict]:
-    from agents.networks import image_layout
+    from plasticity_gym_agents.networks import image_layout
 
     image = False
     if len(spec.get("x_shape", ())) == 3 and spec["kind"] == "classification":
@@ -204,7 +204,7 @@ def default_config(name: str, env_id: str | None, scale: str | None,
 
 def defaults_table() -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
     """Every named default, for documentation: {(env id, scale): {agent: config dict}}."""
-    from agents.config import LearnerConfig
+    from plasticity_gym_agents.config import LearnerConfig
 
     out = {}
     for env_id in _ENVS:

@@ -1,6 +1,6 @@
 """The supervised reference learner: every baseline of the paper as one configurable class.
 
-Which method runs is decided by the :class:`~agents.config.LearnerConfig` sections:
+Which method runs is decided by the :class:`~plasticity_gym_agents.config.LearnerConfig` sections:
 
 =================  ==========================================================================
 backprop           SGD (``optimizer.momentum`` optional)
@@ -18,7 +18,7 @@ cbp                ``cbp``: continual backpropagation after each update
 The task kind follows the action space: ``MultiDiscrete`` → classification (cross-entropy),
 ``Box`` → regression (squared error, torch's ``mse_loss``). The online accuracy is the prediction
 made in ``act``, before learning, as in the paper. MLP and linear agents run on the learner
-core (:mod:`agents.lockstep`) with one replica; the others (convnet, ResNet-18, dropout,
+core (:mod:`plasticity_gym_agents.lockstep`) with one replica; the others (convnet, ResNet-18, dropout,
 task-boundary resets) train by ``torch.autograd`` with the same optimizer updates, CBP and ReDo.
 """
 
@@ -33,20 +33,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.cbp import ContinualBackprop
-from agents.config import LearnerConfig
-from agents.lockstep import LockstepLearner, lockstep_support
-from agents.networks import PlasticNetwork, ResNet18, build_network, resolve_device, task_spec
-from agents.optim import ReferenceOptimizer, shrink_perturb
-from agents.protocol import learning_phase, next_phase
-from agents.redo import ReDo
-from agents.units import reset_module_parameters, zero_optimizer_slices
+from plasticity_gym_agents.cbp import ContinualBackprop
+from plasticity_gym_agents.config import LearnerConfig
+from plasticity_gym_agents.lockstep import LockstepLearner, lockstep_support
+from plasticity_gym_agents.networks import PlasticNetwork, ResNet18, build_network, resolve_device, task_spec
+from plasticity_gym_agents.optim import ReferenceOptimizer, shrink_perturb
+from plasticity_gym_agents.protocol import learning_phase, next_phase
+from plasticity_gym_agents.redo import ReDo
+from plasticity_gym_agents.units import reset_module_parameters, zero_optimizer_slices
 
 __all__ = ["SupervisedLearner", "build_network", "resolve_device", "task_spec"]
 
 
 class SupervisedLearner:
-    """A reference agent on a supervised stream (implements :class:`agents.protocol.Agent`)."""
+    """A reference agent on a supervised stream (implements :class:`plasticity_gym_agents.protocol.Agent`)."""
 
     learns_only_in_train = True  # observe() ignores val/test batches
 
@@ -114,7 +114,7 @@ class SupervisedLearner:
     @property
     def cbp(self) -> ContinualBackprop | SimpleNamespace | None:
         """CBP's state; on the learner core a read-only view: ``replacements`` per hidden layer
-        (``layers.i``, as :meth:`agents.networks.MLP.cbp_groups` names them) and ``steps``."""
+        (``layers.i``, as :meth:`plasticity_gym_agents.networks.MLP.cbp_groups` names them) and ``steps``."""
         if self.core is None or self.core.cbp is None:
             return self._cbp if self.core is None else None
         counts = [int(s.replacements[0]) for s in self.core.cbp]

@@ -1,15 +1,15 @@
 """The learner core: ``R`` replicas of an MLP (or linear) reference agent as one batched computation.
 
 :class:`LockstepLearner` trains ``R`` independent networks — replica ``r`` is exactly the network
-:func:`agents.make_agent` builds for seed ``r`` — on ``R`` streams at once: weights stacked along
+:func:`plasticity_gym_agents.make_agent` builds for seed ``r`` — on ``R`` streams at once: weights stacked along
 a leading replica axis ``(R, out, in)``, batched forward and backward passes, and the optimizer,
 Shrink and Perturb, CBP and ReDo acting on every replica in the same few operations. With one
-replica it is the single learner (:class:`agents.SupervisedLearner` runs MLP and linear agents
+replica it is the single learner (:class:`plasticity_gym_agents.SupervisedLearner` runs MLP and linear agents
 on it), so R lockstep seeds equal R single learners up to the float rounding of batched kernels
 (tested: weights to 1e-4 after 600–1,500 steps).
 
 The scalar hyperparameters of :data:`PER_REPLICA` may differ per replica: pass one
-:class:`~agents.config.LearnerConfig` per seed, alike in everything else, and a hyperparameter
+:class:`~plasticity_gym_agents.config.LearnerConfig` per seed, alike in everything else, and a hyperparameter
 grid of one architecture runs as one computation. Every random draw after construction comes
 from the replica's own generator. Observations are ``(R, batch, *x_shape)``, actions
 ``(R, batch)``, ``info`` a Gymnasium vector env's (arrays over seeds), as from
@@ -32,13 +32,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.arrays import NUMPY, TORCH, activate, activation_backward
-from agents.cbp_state import UnitStatistics
-from agents.config import LearnerConfig, config_hash
-from agents.networks import MLP, build_network, resolve_device, task_spec
-from agents.optim import adam_update, along, replica_scalar, sgd_update, shrink_perturb
-from agents.redo import DormantUnits
-from agents.units import batched_abs_sum, get_init, reinit_slices
+from plasticity_gym_agents.arrays import NUMPY, TORCH, activate, activation_backward
+from plasticity_gym_agents.cbp_state import UnitStatistics
+from plasticity_gym_agents.config import LearnerConfig, config_hash
+from plasticity_gym_agents.networks import MLP, build_network, resolve_device, task_spec
+from plasticity_gym_agents.optim import adam_update, along, replica_scalar, sgd_update, shrink_perturb
+from plasticity_gym_agents.redo import DormantUnits
+from plasticity_gym_agents.units import batched_abs_sum, get_init, reinit_slices
 
 __all__ = ["LockstepLearner", "LockstepUnsupported", "lockstep_support"]
 
@@ -445,7 +445,7 @@ class LockstepLearner:
     # -- unit surgery: CBP and ReDo ------------------------------------------------------------
     def _reinit_units(self, layer: int, replica: int, idx: torch.Tensor,
                       unit_means: torch.Tensor | None = None) -> None:
-        """Units ``idx`` of hidden layer ``layer`` of one replica afresh (:func:`agents.units.reinit_slices`)."""
+        """Units ``idx`` of hidden layer ``layer`` of one replica afresh (:func:`plasticity_gym_agents.units.reinit_slices`)."""
         self._flush(layer)
         self._flush(layer + 1)
         states = list(self.opt_state.values())

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.arrays import ACTIVATIONS, activation_gain
-from agents.config import LearnerConfig
-from agents.units import (Consumer, InitSpec, UnitGroup, get_init, reset_module_parameters, set_init,
+from plasticity_gym_agents.arrays import ACTIVATIONS, activation_gain
+from plasticity_gym_agents.config import LearnerConfig
+from plasticity_gym_agents.units import (Consumer, InitSpec, UnitGroup, get_init, reset_module_parameters, set_init,
                           zero_optimizer_slices)
 
 __all__ = ["ACTIVATIONS", "ConvNet", "LinearNet", "MLP", "PlasticNetwork", "ResNet18", "activation_gain",
@@ -27,7 +27,7 @@ __all__ = ["ACTIVATIONS", "ConvNet", "LinearNet", "MLP", "PlasticNetwork", "ResN
 
 
 def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
-    """The hidden activation as torch's own module (the autograd form of :mod:`agents.arrays`)."""
+    """The hidden activation as torch's own module (the autograd form of :mod:`plasticity_gym_agents.arrays`)."""
     modules = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU, "swish": nn.SiLU,
                "leaky_relu": lambda: nn.LeakyReLU(leaky_slope)}
     if name not in modules:
@@ -74,7 +74,7 @@ class MLP(PlasticNetwork):
 
     Hidden weights: Kaiming-uniform with the activation's gain; the head uses gain 1 (linear
     output); biases start at zero. (Without dropout, the reference agents train it through the
-    learner core, :mod:`agents.lockstep`, which stacks these weights; this module is its
+    learner core, :mod:`plasticity_gym_agents.lockstep`, which stacks these weights; this module is its
     autograd form: dropout, probes, user code.)
     """
 

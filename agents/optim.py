@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from agents.config import OptimizerConfig
+from plasticity_gym_agents.config import OptimizerConfig
 
 __all__ = ["ReferenceOptimizer", "Scalar", "adam_update", "replica_scalar", "sgd_update", "shrink_perturb"]
 
@@ -121,7 +121,7 @@ def shrink_perturb(params: list[torch.Tensor], *, shrink: Scalar, noise_std: Sca
 
 
 class ReferenceOptimizer(torch.optim.Optimizer):
-    """SGD or Adam as :class:`~agents.config.OptimizerConfig` says, for networks trained by autograd
+    """SGD or Adam as :class:`~plasticity_gym_agents.config.OptimizerConfig` says, for networks trained by autograd
     (:func:`sgd_update` / :func:`adam_update` on the ``.grad``). Per-parameter state, shaped like the
     parameter: ``momentum_buffer``, or ``exp_avg``, ``exp_avg_sq``, ``bias_correction1``/``2``."""
 

@@ -17,8 +17,8 @@ Named variants (:data:`PPO_VARIANTS`): ``ppo`` (Adam β 0.9/0.999), ``ppo-tuned`
 ``ppo-l2`` (tuned, weight decay 1e-3), ``ppo-cbp`` (tuned, weight decay 1e-4, CBP ρ 1e-4,
 maturity 10,000 on both networks' hidden layers), ``ppo-redo`` (tuned, weight decay 1e-4, ReDo
 threshold 0.1 every 100 updates). CBP and ReDo run after every mini-batch update through the
-project's one implementation (:class:`agents.cbp.ContinualBackprop`, :class:`agents.redo.ReDo`) on
-the networks' declared unit groups; the optimizer is :class:`agents.optim.ReferenceOptimizer`,
+project's one implementation (:class:`plasticity_gym_agents.cbp.ContinualBackprop`, :class:`plasticity_gym_agents.redo.ReDo`) on
+the networks' declared unit groups; the optimizer is :class:`plasticity_gym_agents.optim.ReferenceOptimizer`,
 whose Adam keeps a step count per element, so a replaced unit's slices restart their bias
 correction (the authors' AdamGnT).
 
@@ -30,7 +30,7 @@ old log-probs and values are computed for the whole rollout in one batched forwa
 time (the networks do not change during collection, so these are the same numbers, faster).
 
 The agent runs over a Gymnasium vector env of ``config.num_envs`` copies in ``SAME_STEP``
-autoreset mode (:func:`make_vector_env`); see :class:`agents.protocol.EpisodicAgent` for the
+autoreset mode (:func:`make_vector_env`); see :class:`plasticity_gym_agents.protocol.EpisodicAgent` for the
 interface a run loop drives, and :func:`train` for a plain training loop.
 """
 
@@ -47,14 +47,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.arrays import ACTIVATIONS
-from agents.cbp import ContinualBackprop
-from agents.config import CBPConfig, ConfigBase, OptimizerConfig, ReDoConfig, deep_merge
-from agents.networks import MLP, resolve_device
-from agents.optim import ReferenceOptimizer
-from agents.protocol import EpisodicAgent
-from agents.redo import ReDo
-from agents.units import InitSpec, UnitGroup, set_init
+from plasticity_gym_agents.arrays import ACTIVATIONS
+from plasticity_gym_agents.cbp import ContinualBackprop
+from plasticity_gym_agents.config import CBPConfig, ConfigBase, OptimizerConfig, ReDoConfig, deep_merge
+from plasticity_gym_agents.networks import MLP, resolve_device
+from plasticity_gym_agents.optim import ReferenceOptimizer
+from plasticity_gym_agents.protocol import EpisodicAgent
+from plasticity_gym_agents.redo import ReDo
+from plasticity_gym_agents.units import InitSpec, UnitGroup, set_init
 from plasticity_gym.metrics import measure
 
 __all__ = [
@@ -214,7 +214,7 @@ class PPOAgent:
 
     ``observation_space`` and ``action_space`` are a single env's (a vector env's
     ``single_observation_space``/``single_action_space``). Attributes: ``policy`` (the mean
-    network, an :class:`agents.networks.MLP`), ``log_std``, ``value``, ``optimizer`` (one Adam over
+    network, an :class:`plasticity_gym_agents.networks.MLP`), ``log_std``, ``value``, ``optimizer`` (one Adam over
     both networks and the log-std), ``cbp`` / ``redo`` (or ``None``), ``steps`` (env steps seen,
     all copies), ``updates`` (rollouts learned from), ``minibatch_updates``.
     """
@@ -326,7 +326,7 @@ class PPOAgent:
             final = info.get("final_obs") if isinstance(info, dict) else None
             if final is None:
                 raise ValueError("observe: an episode was truncated but info has no 'final_obs'; run the "
-                                 "agent on a vector env in SAME_STEP autoreset mode (agents.ppo.make_vector_env)")
+                                 "agent on a vector env in SAME_STEP autoreset mode (plasticity_gym_agents.ppo.make_vector_env)")
             for i in np.flatnonzero(cut):
                 self._final.append((t, int(i), np.asarray(final[i], dtype=np.float32)))
         self._t += 1

@@ -2,7 +2,7 @@
 
 A unit's score is its mean |h| since the last check over the layer's average of it; every
 ``period`` updates the units scoring ≤ ``threshold`` are replaced as CBP replaces units
-(:func:`agents.units.reinit_slices`). The original method scores one batch; here the scores are
+(:func:`plasticity_gym_agents.units.reinit_slices`). The original method scores one batch; here the scores are
 averaged over the period's batches: the same for large batches, not noise for online (batch-1) ones.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from agents.arrays import TORCH
-from agents.cbp import ActivationCapture
-from agents.config import ReDoConfig
-from agents.optim import along, replica_scalar
-from agents.units import UnitGroup, reinit_units
+from plasticity_gym_agents.arrays import TORCH
+from plasticity_gym_agents.cbp import ActivationCapture
+from plasticity_gym_agents.config import ReDoConfig
+from plasticity_gym_agents.optim import along, replica_scalar
+from plasticity_gym_agents.units import UnitGroup, reinit_units
 
 __all__ = ["DormantUnits", "ReDo"]
 
@@ -69,7 +69,7 @@ class DormantUnits:
 
 class ReDo:
     """ReDo on a network's unit groups: call :meth:`step` after every optimizer update (unit
-    values are captured as :class:`agents.cbp.ContinualBackprop` captures them)."""
+    values are captured as :class:`plasticity_gym_agents.cbp.ContinualBackprop` captures them)."""
 
     def __init__(self, groups: list[UnitGroup], config: ReDoConfig, *,
                  optimizer: torch.optim.Optimizer | None = None,

@@ -176,7 +176,7 @@ class UnitGroup:
 
 def optimizer_states(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> list[torch.Tensor]:
     """Every per-element state tensor ``optimizer`` holds for ``param`` (shaped like it): SGD's
-    ``momentum_buffer``, Adam's moments and, with :class:`agents.optim.ReferenceOptimizer`, its
+    ``momentum_buffer``, Adam's moments and, with :class:`plasticity_gym_agents.optim.ReferenceOptimizer`, its
     per-element step counts. (torch.optim.Adam's scalar ``step`` is not one of them.)"""
     state = optimizer.state.get(param) if optimizer is not None else None
     return [v for v in (state or {}).values() if torch.is_tensor(v) and v.shape == param.shape]
@@ -186,7 +186,7 @@ def optimizer_states(optimizer: torch.optim.Optimizer | None, param: torch.Tenso
 def zero_optimizer_slices(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
                           index: tuple) -> None:
     """Zero ``index`` of every per-element optimizer state of ``param``: the touched slices
-    restart their moments and (with :class:`agents.optim.ReferenceOptimizer`) Adam's bias correction."""
+    restart their moments and (with :class:`plasticity_gym_agents.optim.ReferenceOptimizer`) Adam's bias correction."""
     for value in optimizer_states(optimizer, param):
         value[index] = 0
 

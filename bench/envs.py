@@ -230,7 +230,7 @@ def bench_vision(seconds: float) -> None:
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from agents.networks import ConvNet, ResNet18
+    from plasticity_gym_agents.networks import ConvNet, ResNet18
 
     rows = [
         ("ContinualImageNet-v0", {}, "convnet, batch 100", lambda: ConvNet(2), 2),

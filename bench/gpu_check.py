@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 import plasticity_gym  # noqa: F401  (registers the envs)
-from agents import make_agent, resolve_config
-from agents.lockstep import LockstepLearner
+from plasticity_gym_agents import make_agent, resolve_config
+from plasticity_gym_agents.lockstep import LockstepLearner
 from plasticity_gym.harness.lanes import DeviceStream, mirror_on_device
 
 
@@ -170,7 +170,7 @@ def check_case(case: Case, device: str) -> bool:
 
 
 def check_ppo(device: str, steps: int) -> bool:
-    from agents.ppo import ppo_config, train
+    from plasticity_gym_agents.ppo import ppo_config, train
 
     rates, ok = {}, True
     for d in ("cpu", device):

@@ -36,7 +36,7 @@ def run_one(job: tuple[str, int, int, int, str]) -> tuple[str, int, list[float],
     torch.set_num_threads(1)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import plasticity_gym  # noqa: F401  (registers the ids)
-    from agents import make_agent
+    from plasticity_gym_agents import make_agent
 
     env = gym.make(ENV_ID, n_examples=examples)
     agent = make_agent(name, env.observation_space, env.action_space, env_id=ENV_ID, scale=scale,

@@ -3,7 +3,7 @@
 Two parts, on the same machine and torch threads (default: one thread, as the issue's SB3 figure):
 
 * ``speed``: environment steps per second of the env alone (random actions through the same
-  in-process vector env), of this project's PPO (``agents.ppo.train``: collection and updates
+  in-process vector env), of this project's PPO (``plasticity_gym_agents.ppo.train``: collection and updates
   together, and the update share), and of Stable-Baselines3's PPO with the same networks
   (separate 2×256 ReLU policy and value), rollout (2,048), epochs (10), mini-batch size (128),
   step size, γ, λ and clip, when ``stable_baselines3`` is installed (a bench extra, not a
@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.ppo import make_vector_env, ppo_config, train
+from plasticity_gym_agents.ppo import make_vector_env, ppo_config, train
 
 
 def env_rate(env_id: str, num_envs: int, steps: int, seed: int = 0) -> float:

@@ -1,6 +1,6 @@
 """Are the stand-ins learnable but not trivial? (a measurement: it prints, it asserts nothing)
 
-Trains the paper's convnet (``agents.networks.ConvNet``) with a plain torch loop — SGD, step size
+Trains the paper's convnet (``plasticity_gym_agents.networks.ConvNet``) with a plain torch loop — SGD, step size
 0.01, momentum 0.9, one thread — on the first tasks of a vision stream at its ``cpu`` scale
 (synthetic data by default) and prints the test accuracy of every task.
 
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import plasticity_gym  # noqa: E402,F401
-from agents.networks import ConvNet  # noqa: E402
+from plasticity_gym_agents.networks import ConvNet  # noqa: E402
 
 N_OUTPUTS = {"ContinualImageNet-v0": 2, "ClassIncCIFAR100-v0": 100}
 

@@ -8,7 +8,7 @@ A benchmark, not a test: it measures, in one run, on the same machine and torch 
   as there are cores, run at once, their rates summed (``machine``: the fair yardstick for a
   learner that uses every core);
 * ``single``: this project's :class:`agents.SupervisedLearner` (one seed);
-* ``lockstep``: :class:`agents.lockstep.LockstepLearner` running N seeds as one computation on
+* ``lockstep``: :class:`plasticity_gym_agents.lockstep.LockstepLearner` running N seeds as one computation on
   the native vector env,
 
 and prints seed-examples per second and the ratios to the one-process baseline and to the
@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 import plasticity_gym  # noqa: F401  (registers the envs)
-from agents import make_agent, resolve_config
-from agents.lockstep import LockstepLearner
+from plasticity_gym_agents import make_agent, resolve_config
+from plasticity_gym_agents.lockstep import LockstepLearner
 from plasticity_gym.harness.lanes import DeviceStream, mirror_on_device
 
 

@@ -99,7 +99,7 @@ def test_measure_conv_channels_and_chunking():
 
 
 def test_measure_works_on_reference_agents_networks():
-    from agents.networks import MLP
+    from plasticity_gym_agents.networks import MLP
 
     net = MLP(10, [20, 20], 3)
     r = measure(net, torch.rand(100, 10))
@@ -116,9 +116,9 @@ def test_metrics_module_does_not_import_agents():
     tree = ast.parse(pathlib.Path(m.__file__).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            assert not (node.module or "").startswith("agents")
+            assert not (node.module or "").startswith(("agents", "plasticity_gym_agents"))
         elif isinstance(node, ast.Import):
-            assert not any(a.name.startswith("agents") for a in node.names)
+            assert not any(a.name.startswith(("agents", "plasticity_gym_agents")) for a in node.names)
 
 
 def _mlps(n: int, seed: int = 0) -> list[nn.Module]:

@@ -1,7 +1,7 @@
 """Episodic reinforcement learning through the one run loop: :class:`EpisodicLanes` and
 :func:`evaluate_episodic`.
 
-An episodic run drives one :class:`~agents.protocol.EpisodicAgent` per seed (PPO, or a user's
+An episodic run drives one :class:`~plasticity_gym_agents.protocol.EpisodicAgent` per seed (PPO, or a user's
 ``module:factory``) on its own copies of a Gymnasium env (``AntFriction-v0``, ``Hopper-v5``, any
 registered env with a continuous action space). Every copy of every seed steps in ONE vector env
 of this process (``SAME_STEP`` autoreset), one lane per seed, through
@@ -301,7 +301,7 @@ def _grouped(keys: Sequence[int], values: Sequence[float], n_keys: int) -> dict[
 
 
 class EpisodicLanes:
-    """One :class:`~agents.protocol.EpisodicAgent` per seed, every seed's env copies stepped in one
+    """One :class:`~plasticity_gym_agents.protocol.EpisodicAgent` per seed, every seed's env copies stepped in one
     vector env: one lane per seed. Lane ``i`` owns copies ``i·k .. i·k+k-1``."""
 
     metric = EPISODIC_METRIC

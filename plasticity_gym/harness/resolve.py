@@ -67,7 +67,7 @@ def resolve_agent(
 ) -> AgentSpec:
     """A reference agent name, a ``"module:factory"`` string or a factory callable → spec.
 
-    Reference agents are built by ``agents.make_agent`` with their (env, scale) defaults and
+    Reference agents are built by ``plasticity_gym_agents.make_agent`` with their (env, scale) defaults and
     ``overrides`` on top (an env without named defaults gets defaults inferred from its spaces);
     a user's factory gets ``overrides`` as keyword arguments. ``kind`` is the env's: a
     ``"supervised"`` stream takes the supervised learners (``agents.AGENT_NAMES``), an
@@ -90,7 +90,7 @@ def resolve_agent(
     if ":" in agent:
         return AgentSpec(custom_builder(load_factory(agent), overrides), "custom", agent, overrides)
 
-    import agents as reference  # lazy: the harness needs the agents package only for names
+    import plasticity_gym_agents as reference  # lazy: the harness needs the agents package only for names
 
     supervised = tuple(getattr(reference, "AGENT_NAMES", ()))
     episodic = tuple(getattr(reference, "RL_AGENT_NAMES", ()))
@@ -128,12 +128,12 @@ def resolve_agent(
                                         scale=scale, overrides=overrides or None)
 
     def lockstep_reason(observation_space, action_space):
-        from agents.lockstep import lockstep_support
+        from plasticity_gym_agents.lockstep import lockstep_support
 
         return lockstep_support(config(observation_space, action_space))
 
     def build_lockstep(observation_space, action_space, seeds, device):
-        from agents.lockstep import LockstepLearner
+        from plasticity_gym_agents.lockstep import LockstepLearner
 
         return LockstepLearner(agent, config(observation_space, action_space), observation_space,
                                action_space, seeds=seeds, device=device)

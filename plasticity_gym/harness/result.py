@@ -398,10 +398,10 @@ def code_identity() -> dict[str, Any]:
     pkg = Path(plasticity_gym.__file__).resolve().parent
     roots = [pkg]
     try:
-        import agents
+        import plasticity_gym_agents
 
-        if getattr(agents, "__file__", None):
-            roots.append(Path(agents.__file__).resolve().parent)
+        if getattr(plasticity_gym_agents, "__file__", None):
+            roots.append(Path(plasticity_gym_agents.__file__).resolve().parent)
     except ImportError:
         pass
     commit = _git(["rev-parse", "HEAD"], pkg)
@@ -417,6 +417,28 @@ def code_identity() -> dict[str, Any]:
     }
 
 
+# The SIMD extensions that change which kernels BLAS/LAPACK pick, and so the last bits of a result.
+_SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+               "asimd", "sve")
+
+
+def cpu_identity() -> str:
+    """The CPU model and its SIMD extensions (``"<model> [avx avx2 ...]"``): two machines with the
+    same versions can still round differently when these differ."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "model name" and model in (platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return f"{model} [{' '.join(f for f in _SIMD_FLAGS if f in flags)}]"
+
+
 def hardware(device: str) -> dict[str, Any]:
     accel = None
     if device.startswith("cuda"):
@@ -430,6 +452,7 @@ def hardware(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": device,
         "accelerator": accel,
+        "cpu": cpu_identity(),
     }
 
 

@@ -14,9 +14,10 @@
 * for a reference agent, rebuilds the agent record: its name, config and declarations.
 
 :func:`verify` re-runs the first ``k`` of an entry's seeds from its stored invocation on this
-machine and compares the runs value by value: on the same device and versions they must be
+machine and compares the runs value by value: on the same device, CPU, versions and source they must be
 identical (up to :data:`SAME_RTOL`, the last-bit differences of a batch of another size in
-lockstep linear algebra); on another device or other versions, within :data:`OTHER_RTOL`.
+lockstep linear algebra); on another device, CPU (its SIMD extensions change which BLAS/LAPACK kernels run) or other
+versions or source, within :data:`OTHER_RTOL`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import gymnasium as gym
 
 from plasticity_gym.harness.cliargs import parse_run_argv, parse_sets
-from plasticity_gym.harness.result import code_identity, summary_errors, versions
+from plasticity_gym.harness.result import code_identity, cpu_identity, summary_errors, versions
 from plasticity_gym.harness.schema import result_errors
 
 # Relative tolerances of verify, per value of the runs (absolute floors for values near 0).
-SAME_RTOL, SAME_ATOL = 1e-9, 1e-12  # same device and versions: float round-off of batching only
+SAME_RTOL, SAME_ATOL = 1e-9, 1e-12  # same device, CPU, versions and source: float round-off of batching only
 OTHER_RTOL, OTHER_ATOL = 1e-4, 1e-8  # another device, BLAS or library version
 
 __all__ = ["Invocation", "VerifyReport", "check_entry", "entry_errors", "invocation_of", "verify",
@@ -212,10 +213,11 @@ class VerifyReport:
     first differing field."""
 
     seeds: list[int]
-    same_setup: bool  # same device and versions as the entry: identical runs expected
+    same_setup: bool  # same device, CPU, versions and source as the entry: identical runs expected
     setup_differences: list[str]
     mismatches: dict[int, str | None]
     max_rel_diff: float
+    added: list[str] = field(default_factory=list)  # fields only the re-run has, not compared
 
     @property
     def ok(self) -> bool:
@@ -223,43 +225,51 @@ class VerifyReport:
 
     def report(self) -> str:
         rtol = SAME_RTOL if self.same_setup else OTHER_RTOL
-        setup = ("same device and versions as the entry: identical runs expected" if self.same_setup else
+        setup = ("same device, CPU, versions and source as the entry: identical runs expected" if self.same_setup else
                  "differs from the entry in " + "; ".join(self.setup_differences))
         lines = [f"re-ran seed{'s' if len(self.seeds) > 1 else ''} {', '.join(map(str, self.seeds))} ({setup}; "
                  f"tolerance {rtol:g} relative per value)"]
         for seed, m in self.mismatches.items():
             lines.append(f"  seed {seed}: " + ("MISMATCH: " + m if m else "reproduced"))
+        if self.added:
+            lines.append(f"  the re-run also recorded {len(self.added)} field(s) the entry lacks (newer code records "
+                         f"more), not compared: {', '.join(self.added[:3])}{' ...' if len(self.added) > 3 else ''}")
         lines.append("verified: every re-run seed reproduces the stored runs" + (
             " exactly" if self.max_rel_diff == 0 else f" (largest relative difference {self.max_rel_diff:.2g})")
             if self.ok else "NOT verified: the re-run differs from the stored runs")
         return "\n".join(lines) + "\n"
 
 
-def _numbers(a: Any, b: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
-    """Pairs of leaves of two JSON trees; a structural difference yields (path, a, b) once."""
+def _numbers(a: Any, b: Any, path: str, added: list[str]) -> Iterator[tuple[str, Any, Any]]:
+    """Pairs of leaves of two JSON trees; a structural difference yields (path, a, b) once. Keys
+    that only ``b`` (the re-run) has are listed in ``added``, not compared: newer code may record
+    more diagnostics than the entry's, but everything the entry holds must be reproduced."""
     if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
+        if not set(a) <= set(b):
             yield path, sorted(a), sorted(b)
             return
+        added.extend(f"{path}.{k}" for k in b if k not in a)
         for k in a:
-            yield from _numbers(a[k], b[k], f"{path}.{k}")
+            yield from _numbers(a[k], b[k], f"{path}.{k}", added)
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             yield path + " (length)", len(a), len(b)
             return
         for i, (x, y) in enumerate(zip(a, b)):
-            yield from _numbers(x, y, f"{path}[{i}]")
+            yield from _numbers(x, y, f"{path}[{i}]", added)
     else:
         yield path, a, b
 
 
-def compare_runs(stored: Mapping[str, Any], rerun: Mapping[str, Any], index: int, rtol: float, atol: float) -> tuple[str | None, float]:
+def compare_runs(stored: Mapping[str, Any], rerun: Mapping[str, Any], index: int, rtol: float, atol: float,
+                 added: list[str] | None = None) -> tuple[str | None, float]:
     """The first value of ``rerun`` outside the tolerance of ``stored`` (as a message naming the
-    field ``runs[index]....``), and the largest relative difference seen."""
+    field ``runs[index]....``), and the largest relative difference seen. Fields that only the
+    re-run has (diagnostics newer than the entry) are appended to ``added``, not compared."""
     a = {k: v for k, v in stored.items() if k != "wall_time_s"}
     b = {k: v for k, v in rerun.items() if k != "wall_time_s"}
     worst = 0.0
-    for path, x, y in _numbers(a, b, f"runs[{index}]"):
+    for path, x, y in _numbers(a, b, f"runs[{index}]", added if added is not None else []):
         if x == y:
             continue
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
@@ -277,6 +287,9 @@ def _setup_differences(entry: Mapping[str, Any], device: str) -> list[str]:
     out = []
     if prov["hardware"]["device"] != device:
         out.append(f"device ({prov['hardware']['device']} -> {device})")
+    stored_cpu, this_cpu = prov["hardware"].get("cpu"), cpu_identity()
+    if stored_cpu != this_cpu:  # another CPU may round differently (e.g. an SVD's last float32 bit)
+        out.append(f"CPU ({stored_cpu or 'not recorded'} -> {this_cpu})")
     now = versions()
     for k, v in prov["versions"].items():
         if now.get(k) != v:
@@ -324,9 +337,9 @@ def verify(entry: Mapping[str, Any], k: int = 1, *, device: str | None = None, p
     differences = _setup_differences(entry, dev)
     rtol, atol = (SAME_RTOL, SAME_ATOL) if not differences else (OTHER_RTOL, OTHER_ATOL)
     mismatches: dict[int, str | None] = {}
-    worst = 0.0
+    worst, added = 0.0, []
     for i, (seed, run) in enumerate(zip(chosen, result.data["runs"])):
-        mismatches[seed], rel = compare_runs(entry["runs"][i], run, i, rtol, atol)
+        mismatches[seed], rel = compare_runs(entry["runs"][i], run, i, rtol, atol, added)
         worst = max(worst, rel)
-    return VerifyReport(chosen, not differences, differences, mismatches, worst)
+    return VerifyReport(chosen, not differences, differences, mismatches, worst, added)
 

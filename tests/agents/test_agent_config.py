@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents import AGENT_NAMES, defaults_table, resolve_config
-from agents.config import CBPConfig, LearnerConfig, NetworkConfig, OptimizerConfig
+from plasticity_gym_agents import AGENT_NAMES, defaults_table, resolve_config
+from plasticity_gym_agents.config import CBPConfig, LearnerConfig, NetworkConfig, OptimizerConfig
 
 from agent_helpers import cls_spaces, reg_spaces
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from agents.networks import ACTIVATIONS, MLP, ConvNet, LinearNet, ResNet18, activation_gain
-from agents.units import get_init
+from plasticity_gym_agents.networks import ACTIVATIONS, MLP, ConvNet, LinearNet, ResNet18, activation_gain
+from plasticity_gym_agents.units import get_init
 
 
 def test_paper_gains():

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents import make_agent
-from agents.networks import LinearNet
+from plasticity_gym_agents import make_agent
+from plasticity_gym_agents.networks import LinearNet
 from agent_helpers import cls_spaces, reg_spaces, train_info
 
 X = np.array([[0.1, 0.9, 0.3, 0.5, 0.0, 0.7]], dtype=np.float32)
@@ -196,7 +196,7 @@ def test_retrain_reinitializes_network_and_optimizer_at_task_boundaries():
         assert not torch.equal(p, b)
         if p.dim() == 2:
             assert not torch.equal(p, a)  # a fresh draw, not the old initial weights
-    from agents.units import get_init
+    from plasticity_gym_agents.units import get_init
     for lin in [*agent.network.layers, agent.network.head]:
         assert lin.weight.abs().max() <= get_init(lin).bound
         assert torch.all(lin.bias == 0)

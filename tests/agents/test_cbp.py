@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.cbp import ContinualBackprop
-from agents.config import CBPConfig
-from agents.networks import MLP, ConvNet, ResNet18
-from agents.units import Consumer, UnitGroup, get_init, reinit_units
+from plasticity_gym_agents.cbp import ContinualBackprop
+from plasticity_gym_agents.config import CBPConfig
+from plasticity_gym_agents.networks import MLP, ConvNet, ResNet18
+from plasticity_gym_agents.units import Consumer, UnitGroup, get_init, reinit_units
 
 
 def _mlp():
@@ -361,7 +361,7 @@ def test_unit_statistics_mature_counts_follow_ages_through_resets_and_reloads():
     always equal a direct count of age > maturity, with a maturity per replica, also across
     state round trips and config changes, and units replaced again before maturing must not
     count twice."""
-    from agents.cbp_state import UnitStatistics
+    from plasticity_gym_agents.cbp_state import UnitStatistics
 
     rng = np.random.default_rng(0)
     configs = [CBPConfig(replacement_rate=0.05, maturity=m) for m in (7, 2, 12)]

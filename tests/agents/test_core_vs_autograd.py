@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import agents.lockstep as lockstep
-from agents.arrays import ACTIVATIONS
-from agents.config import LearnerConfig
-from agents.lockstep import LockstepLearner
-from agents.networks import MLP
-from agents.optim import ReferenceOptimizer
-from agents.units import reinit_units
+import plasticity_gym_agents.lockstep as lockstep
+from plasticity_gym_agents.arrays import ACTIVATIONS
+from plasticity_gym_agents.config import LearnerConfig
+from plasticity_gym_agents.lockstep import LockstepLearner
+from plasticity_gym_agents.networks import MLP
+from plasticity_gym_agents.optim import ReferenceOptimizer
+from plasticity_gym_agents.units import reinit_units
 from agent_helpers import cls_spaces, reg_spaces
 
 BATCH, STEPS = 4, 60
@@ -236,10 +236,10 @@ SURGERY = {  # one config per replica: CBP's and ReDo's scalar hyperparameters d
 def test_unit_surgery_in_the_core_equals_the_autograd_path(case):
     """CBP and ReDo in the learner core (stacked replicas, per-replica hyperparameters) against
     the autograd path: each replica's network as an nn.Module trained by loss.backward() and an
-    optimizer, with agents.cbp.ContinualBackprop / agents.redo.ReDo on its unit groups and the
+    optimizer, with plasticity_gym_agents.cbp.ContinualBackprop / plasticity_gym_agents.redo.ReDo on its unit groups and the
     replica's generator. 200 steps of batch 4: the same units are replaced, weights to 1e-4."""
-    from agents.cbp import ContinualBackprop
-    from agents.redo import ReDo
+    from plasticity_gym_agents.cbp import ContinualBackprop
+    from plasticity_gym_agents.redo import ReDo
 
     configs = _configs("tanh", [c["optimizer"] for c in SURGERY[case]])
     configs = [c.replace(**{k: v for k, v in extra.items() if k != "optimizer"})

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from agents import make_agent
+from plasticity_gym_agents import make_agent
 
 
 def _env_or_skip(module: str, env_id: str, **kwargs):

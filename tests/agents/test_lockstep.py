@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import plasticity_gym  # noqa: F401  (registers the envs)
-from agents import make_agent, resolve_config
-from agents.lockstep import LockstepLearner, LockstepUnsupported, lockstep_support
+from plasticity_gym_agents import make_agent, resolve_config
+from plasticity_gym_agents.lockstep import LockstepLearner, LockstepUnsupported, lockstep_support
 
 SEEDS = (3, 7)
 
@@ -93,7 +93,7 @@ def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
 def test_torch_path_of_small_networks_equals_single_learners(name, overrides, monkeypatch):
     """Tiny plain-SGD networks take the numpy path on the CPU; the torch one (GPU, larger nets)
     must give the same trajectories."""
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
 
     monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)
     venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
@@ -180,7 +180,7 @@ def test_probe_model_is_the_seeds_network():
 
 
 def test_blocked_abs_sums_equal_plain_ones():
-    from agents.units import ABS_SUM_BLOCK as _ABS_SUM_BLOCK, batched_abs_sum as _abs_sum
+    from plasticity_gym_agents.units import ABS_SUM_BLOCK as _ABS_SUM_BLOCK, batched_abs_sum as _abs_sum
 
     w = torch.randn(2, 700, 3 * _ABS_SUM_BLOCK // 1400 + 5, generator=torch.Generator().manual_seed(0))
     assert w.numel() > 2 * _ABS_SUM_BLOCK  # the blocked path
@@ -200,7 +200,7 @@ def _pair_with(compile_mode, env_id="PermutedMNIST-v0", name="cbp", overrides=MN
     return venv, lock, envs, singles
 
 
-@pytest.mark.skipif(not __import__("agents.lockstep").lockstep._cxx_compiler_available(),
+@pytest.mark.skipif(not __import__("plasticity_gym_agents.lockstep").lockstep._cxx_compiler_available(),
                     reason="torch.compile on the CPU needs a C++ compiler")
 @pytest.mark.parametrize("name,overrides", [("cbp", MNIST_CBP), ("backprop", {"network": {"hidden": [64, 32]}}),
                                             ("adam", {"network": {"hidden": [64, 32]}})])
@@ -218,7 +218,7 @@ def test_compiled_step_equals_single_learners(name, overrides):
 
 
 def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
 
     def broken_compile(fn, **kwargs):
         def compiled(*args):
@@ -236,7 +236,7 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 def test_a_compiled_step_that_disagrees_with_eager_is_dropped(monkeypatch):
     """A miscompiled step (here: one that doubles every weight change) is caught by the check of
     the first compiled step; the learner goes on eagerly and still equals the single learners."""
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
 
     def wrong_compile(fn, **kwargs):
         def compiled(*args):
@@ -257,7 +257,7 @@ def test_a_compiled_step_that_disagrees_with_eager_is_dropped(monkeypatch):
 
 
 def test_a_correct_compiled_step_passes_its_check(monkeypatch):
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
 
     monkeypatch.setattr(lockstep.torch, "compile", lambda fn, **kwargs: fn)  # "compiled" = eager
     venv, lock, envs, singles = _pair_with(True)
@@ -267,7 +267,7 @@ def test_a_correct_compiled_step_passes_its_check(monkeypatch):
 
 
 def test_auto_compile_only_under_a_tested_torch(monkeypatch):
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
 
     monkeypatch.setattr(lockstep, "_torch_version", lambda: (2, 11))
     venv = gym.make_vec("PermutedMNIST-v0", num_envs=8, vectorization_mode="vector_entry_point", scale="smoke")
@@ -279,7 +279,7 @@ def test_auto_compile_only_under_a_tested_torch(monkeypatch):
 
 
 def test_compile_choice():
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
 
     venv, lock, _, _ = _pair_with("auto")
     assert not lock._numpy and not lock.compiled  # small: compiling would not pay for itself

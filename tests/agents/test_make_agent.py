@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents import AGENT_NAMES, Agent, make_agent
-from agents.networks import ConvNet, ResNet18
+from plasticity_gym_agents import AGENT_NAMES, Agent, make_agent
+from plasticity_gym_agents.networks import ConvNet, ResNet18
 from agent_helpers import cls_spaces, reg_spaces, train_info
 
 SMALL = {"network": {"hidden": [8, 8]}}
@@ -136,7 +136,7 @@ def test_train_forward_is_reused_only_for_the_same_batch():
 
 
 def test_unknown_env_id_is_an_error_naming_the_known_ids():
-    from agents import ENV_IDS
+    from plasticity_gym_agents import ENV_IDS
 
     obs, act = reg_spaces()
     with pytest.raises(ValueError, match="PermutedMNIST-v0.*env_id=None"):
@@ -150,7 +150,7 @@ def test_without_an_env_id_each_built_env_gets_its_own_defaults_from_its_spaces(
     import gymnasium as gym
 
     import plasticity_gym  # noqa: F401  (registers the ids)
-    from agents import resolve_config
+    from plasticity_gym_agents import resolve_config
 
     # (the embedded digits stand in for full MNIST at the paper scale: only the spaces matter)
     env = gym.make(env_id, scale=scale, **({"data": "embedded"} if env_id == "PermutedMNIST-v0" else {}))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from agents.ppo import (
+from plasticity_gym_agents.ppo import (
     PPO_VARIANTS,
     EpisodicAgent,
     PPOAgent,
@@ -124,11 +124,11 @@ def test_gae_by_hand():
 
 # -- the interface ------------------------------------------------------------------------------
 def test_the_episodic_protocol_lives_with_the_agent_protocol():
-    import agents.ppo
-    from agents import protocol
+    import plasticity_gym_agents.ppo
+    from plasticity_gym_agents import protocol
 
-    # One protocol, in agents/protocol.py, which the harness reads; agents.ppo re-exports it.
-    assert agents.ppo.EpisodicAgent is protocol.EpisodicAgent
+    # One protocol, in agents/protocol.py, which the harness reads; plasticity_gym_agents.ppo re-exports it.
+    assert plasticity_gym_agents.ppo.EpisodicAgent is protocol.EpisodicAgent
     assert isinstance(_small(), protocol.EpisodicAgent)
     assert not isinstance(object(), protocol.EpisodicAgent)
 
@@ -155,7 +155,7 @@ def test_truncation_needs_the_final_observation():
 
 
 def test_a_time_limit_bootstraps_from_the_final_observation(monkeypatch):
-    from agents import ppo
+    from plasticity_gym_agents import ppo
 
     seen = {}
     real_gae = ppo.gae
@@ -323,7 +323,7 @@ def test_ppo_learns_inverted_pendulum():
 def test_make_agent_builds_each_ppo_variant_with_its_scale():
     import gymnasium as gym
 
-    from agents import RL_AGENT_NAMES, PPOAgent, make_agent
+    from plasticity_gym_agents import RL_AGENT_NAMES, PPOAgent, make_agent
 
     env = gym.make("InvertedPendulum-v5")
     for name in RL_AGENT_NAMES:

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.cbp import ContinualBackprop
-from agents.config import CBPConfig
-from agents.networks import ResNet18
-from agents.units import Consumer, UnitGroup, reinit_units
+from plasticity_gym_agents.cbp import ContinualBackprop
+from plasticity_gym_agents.config import CBPConfig
+from plasticity_gym_agents.networks import ResNet18
+from plasticity_gym_agents.units import Consumer, UnitGroup, reinit_units
 
 WIDTH = 4
 

@@ -93,7 +93,7 @@ def test_paper_scale_protocol():
 def test_cpu_scale_protocol():
     """The cpu scale as its docstring states it: 20 increments of 2 epochs, 840 training steps,
     and the reference agents' ResNet-18 at width 8 there."""
-    from agents.defaults import default_config
+    from plasticity_gym_agents.defaults import default_config
 
     env = gym.make("ClassIncCIFAR100-v0", scale="cpu")
     u = env.unwrapped

@@ -30,9 +30,9 @@ def test_run_validate_leaderboard_plot(env_id, tmp_path, cli, monkeypatch):
     assert res.env_id == env_id and res.scale == "smoke" and res.seeds == [0, 1]
     assert res.data["agent"]["source"] == "reference" and res.agent_name == agent
     # The config hash is the agents package's own (same canonical JSON).
-    import agents
+    import plasticity_gym_agents
 
-    assert res.data["agent"]["config_hash"] == agents.config_hash(res.data["agent"]["config"])
+    assert res.data["agent"]["config_hash"] == plasticity_gym_agents.config_hash(res.data["agent"]["config"])
     assert res.data["provenance"]["command"].startswith(f"plasticity-gym run {env_id} --agent {agent}")
     run0 = res.data["runs"][0]
     assert run0["n_examples"] == res.data["env"]["budget"]["n_examples_total"]

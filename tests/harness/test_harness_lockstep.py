@@ -65,7 +65,7 @@ def test_stream_kept_in_learner_memory_gives_the_same_result(env_id, env_kwargs,
     copied once per block; forced on here (CPU tensors), it must change nothing."""
     import torch
 
-    import agents.lockstep as lockstep
+    import plasticity_gym_agents.lockstep as lockstep
     from plasticity_gym.harness import lanes
 
     monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)  # the torch path, as on a GPU

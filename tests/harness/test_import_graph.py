@@ -12,9 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for pkg in ("plasticity_gym", "agents"):
-        for f in (REPO / pkg).rglob("*.py"):
-            name = ".".join(f.relative_to(REPO).with_suffix("").parts)
+    # The folder agents/ installs as the package plasticity_gym_agents (a name no user's package takes).
+    for folder, pkg in (("plasticity_gym", "plasticity_gym"), ("agents", "plasticity_gym_agents")):
+        for f in (REPO / folder).rglob("*.py"):
+            name = ".".join((pkg, *f.relative_to(REPO / folder).with_suffix("").parts))
             mods[name.removesuffix(".__init__")] = f
     return mods
 
@@ -72,7 +73,7 @@ def test_the_checker_sees_circles():
 
 def test_no_import_circle():
     graph, _ = _graph()
-    assert "plasticity_gym.harness.loop" in graph and "agents.lockstep" in graph  # the walk found the code
+    assert "plasticity_gym.harness.loop" in graph and "plasticity_gym_agents.lockstep" in graph  # the walk found the code
     assert _circles(graph) == []
 
 

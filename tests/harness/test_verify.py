@@ -21,10 +21,33 @@ def test_invocation_is_read_from_the_stored_command():
     assert invocation_of({"provenance": {"command": "python my_script.py"}}) is None
 
 
-def test_verify_reproduces_a_stored_smoke_entry_exactly(cli):
+def test_verify_reproduces_a_stored_smoke_entry(cli):
+    # Stored on another machine or older code: reproduced within the stated tolerance; on the
+    # machine, CPU, versions and source that wrote it: exactly.
     code, out, err = cli("verify", STORED, "--seeds", "1")
     assert code == 0, out + err
-    assert "seed 0: reproduced" in out and "exactly" in out
+    assert "seed 0: reproduced" in out and "verified: every re-run seed reproduces the stored runs" in out
+
+
+def test_verify_reproduces_an_entry_written_here_exactly(tmp_path, cli):
+    out_file = tmp_path / "cbp.json"
+    code, _, err = cli("run", "SlowRegression-v0", "--agent", "cbp", "--scale", "smoke", "--seeds", "2",
+                       "--no-progress", "--out", out_file)
+    assert code == 0, err
+    code, out, err = cli("verify", out_file, "--seeds", "2")  # all seeds: the same lockstep batch
+    assert code == 0, out + err
+    assert "same device, CPU, versions and source as the entry" in out
+    assert "seed 0: reproduced" in out and "seed 1: reproduced" in out and "exactly" in out
+
+
+def test_verify_notes_fields_only_the_rerun_has():
+    run = {"series": {"online": {"value": [1.0, 2.0]}}, "wall_time_s": 1.0}
+    newer = {"series": {"online": {"value": [1.0, 2.0]}, "feature_norm": {"value": [3.0]}}, "wall_time_s": 2.0}
+    added: list[str] = []
+    assert compare_runs(run, newer, 0, 1e-9, 0.0, added) == (None, 0.0)
+    assert added == ["runs[0].series.feature_norm"]
+    # The other way round (the re-run lacks what the entry holds) is a mismatch.
+    assert compare_runs(newer, run, 0, 1e-9, 0.0)[0].startswith("runs[0].series")
 
 
 def test_verify_reports_a_mismatch_on_an_edited_run(tmp_path, cli):
