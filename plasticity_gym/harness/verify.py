@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import gymnasium as gym
 
+from plasticity_gym.harness._io import sha256_of
 from plasticity_gym.harness.cliargs import parse_run_argv, parse_sets
 from plasticity_gym.harness.result import code_identity, cpu_identity, summary_errors, versions
 from plasticity_gym.harness.schema import result_errors
@@ -187,7 +188,33 @@ def _agent_messages(entry: dict[str, Any], inv: Any, spaces: tuple[Any, Any]) ->
     except (ValueError, TypeError) as exc:
         return [f"agent.factory, agent.config: the reference agent {agent['factory']!r} cannot be built from "
                 f"them: {str(exc).splitlines()[0][:200]}"]
-    return _diff_fields("agent", agent_record(built, spec), agent)
+    rebuilt = agent_record(built, spec)
+    config = _without_added_switches(rebuilt["config"], agent["config"])
+    if config is not rebuilt["config"]:
+        rebuilt = dict(rebuilt, config=config, config_hash=sha256_of(config))
+    return _diff_fields("agent", rebuilt, agent)
+
+
+# A config key the entry lacks is a method added since the entry was made; it may be dropped from
+# the rebuilt config only when it is switched off, so the entry ran without it.
+_SWITCHED_OFF = (None, False, "none", 0, 0.0)
+
+
+def _without_added_switches(rebuilt: Any, recorded: Any) -> Any:
+    """``rebuilt`` less the keys (at any depth) that ``recorded`` lacks and whose value is a
+    switched-off default (``None``, ``False``, ``"none"``, 0); ``rebuilt`` itself when none."""
+    if not (isinstance(rebuilt, dict) and isinstance(recorded, dict)):
+        return rebuilt
+    out, changed = {}, False
+    for key, value in rebuilt.items():
+        if key not in recorded and any(value is off or (type(value) is type(off) and value == off)
+                                       for off in _SWITCHED_OFF):
+            changed = True
+            continue
+        inner = _without_added_switches(value, recorded.get(key))
+        changed |= inner is not value
+        out[key] = inner
+    return out if changed else rebuilt
 
 
 def check_entry(entry: Any) -> tuple[list[str], list[str]]:

@@ -76,3 +76,16 @@ def test_submit_verify_files_a_reproduced_entry(tmp_path, cli):
     code, out, err = cli("submit", STORED, "--verify", "--dir", tmp_path, "--name", "cbp")
     assert code == 0, out + err
     assert "reproduced" in out and (tmp_path / "SlowRegression-v0" / "smoke" / "cbp.json").read_text() == STORED.read_text()
+
+
+def test_a_method_added_since_the_entry_switched_off_is_not_a_config_mismatch():
+    from plasticity_gym.harness.verify import _without_added_switches as strip  # noqa: PLC2701
+
+    recorded = {"cbp": None, "network": {"kind": "mlp", "hidden": [5]}}
+    rebuilt = {"cbp": None, "l2_init": None, "network": {"kind": "mlp", "hidden": [5], "layer_norm": False}}
+    assert strip(rebuilt, recorded) == recorded
+    # Switched on (the entry could not have run it), or a changed value: kept, so it is reported.
+    on = {"cbp": None, "l2_init": {"strength": 0.01}, "network": {"kind": "mlp", "hidden": [5]}}
+    assert strip(on, recorded) == on
+    assert strip({"cbp": None, "network": {"kind": "mlp", "hidden": [7]}}, recorded)["network"]["hidden"] == [7]
+    assert strip(recorded, recorded) is recorded
