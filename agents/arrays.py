@@ -16,24 +16,45 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ACTIVATIONS", "NUMPY", "TORCH", "activate", "activation_backward", "activation_gain"]
+__all__ = ["ACTIVATIONS", "NUMPY", "TORCH", "activate", "activation_backward", "activation_gain", "crelu_inputs",
+           "outputs_per_unit"]
 
-ACTIVATIONS = ("sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish")
+ACTIVATIONS = ("sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish", "crelu")
+
+
+def outputs_per_unit(name: str) -> int:
+    """How many outputs each unit of activation ``name`` has: 2 for CReLU, else 1."""
+    return 2 if name == "crelu" else 1
+
+
+def crelu_inputs(xp: Any, pre: Any, axis: int = -1) -> Any:
+    """``[x, −x]`` interleaved along the unit axis ``axis``: unit ``i``'s two CReLU outputs are
+    ``relu`` of entries ``2i`` and ``2i + 1`` (so a unit's outputs are adjacent columns, or
+    channels, of the next layer)."""
+    axis = axis % pre.ndim
+    pairs = xp.stack((pre, -pre), axis + 1)
+    return pairs.reshape(*pre.shape[:axis], 2 * pre.shape[axis], *pre.shape[axis + 1:])
 
 
 def activation_gain(name: str, leaky_slope: float = 0.01) -> float:
     """The paper's Kaiming gains (Methods, Slowly-Changing Regression)."""
+    # CReLU: the ReLU gain, with the next layer's fan-in counting both outputs of each unit
+    # (the 2n outputs together carry the variance of the n inputs, as n ReLU outputs carry half).
     gains = {"sigmoid": 1.0, "tanh": 5.0 / 3.0, "elu": math.sqrt(2.0), "relu": math.sqrt(2.0),
-             "leaky_relu": math.sqrt(2.0 / (1.0 + leaky_slope**2)), "swish": math.sqrt(2.0)}
+             "leaky_relu": math.sqrt(2.0 / (1.0 + leaky_slope**2)), "swish": math.sqrt(2.0),
+             "crelu": math.sqrt(2.0)}
     if name not in gains:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return gains[name]
 
 
 def activate(xp: Any, name: str, pre: Any, slope: float) -> Any:
-    """The hidden activation ``name`` of pre-activations ``pre`` (a new array)."""
+    """The hidden activation ``name`` of pre-activations ``pre`` (a new array; the units on the
+    last axis, which CReLU doubles)."""
     if name == "relu":
         return xp.relu(pre)
+    if name == "crelu":
+        return xp.relu(crelu_inputs(xp, pre))
     if name == "leaky_relu":
         return xp.select(pre > 0, pre, pre * slope)
     if name == "tanh":
@@ -48,9 +69,13 @@ def activate(xp: Any, name: str, pre: Any, slope: float) -> Any:
 
 
 def activation_backward(xp: Any, name: str, g: Any, pre: Any, post: Any, slope: float) -> Any:
-    """``g · d post / d pre`` (may reuse ``g``'s memory)."""
+    """``g · d post / d pre`` (may reuse ``g``'s memory). For CReLU ``g`` and ``post`` have two
+    entries per unit, the result one."""
     if name == "relu":
         return xp.relu_backward(g, post)
+    if name == "crelu":
+        g2, post2 = g.reshape(*pre.shape, 2), post.reshape(*pre.shape, 2)
+        return xp.relu_backward(g2[..., 0], post2[..., 0]) - xp.relu_backward(g2[..., 1], post2[..., 1])
     if name == "leaky_relu":
         g *= xp.select(pre > 0, 1.0, slope)
     elif name == "tanh":
@@ -132,7 +157,7 @@ TORCH = SimpleNamespace(
     minimum0=lambda x: x.clamp_max(0.0), bmm=torch.bmm, affine=_torch_affine,
     relu_backward=lambda g, post: torch.ops.aten.threshold_backward(g, post, 0.0),  # one fused op
     add_outer_=_torch_add_outer_, add_rows_=_torch_add_rows_, softmax_minus_onehot=_torch_softmax_minus_onehot,
-    unit_mean=_torch_unit_mean, clamp_min=torch.clamp_min)
+    unit_mean=_torch_unit_mean, clamp_min=torch.clamp_min, stack=torch.stack)
 # numpy float32 arrays (the CPU, tiny networks)
 NUMPY = SimpleNamespace(
     relu=lambda x: np.maximum(x, 0), tanh=np.tanh, sigmoid=lambda x: 1 / (1 + np.exp(-x)), expm1=np.expm1,
@@ -140,4 +165,4 @@ NUMPY = SimpleNamespace(
     minimum0=lambda x: np.minimum(x, 0), bmm=np.matmul, affine=lambda h, w, wt, b_row: np.matmul(h, wt) + b_row,
     relu_backward=lambda g, post: np.multiply(g, post > 0, out=g),
     add_outer_=_numpy_add_outer_, add_rows_=_numpy_add_rows_, softmax_minus_onehot=_numpy_softmax_minus_onehot,
-    unit_mean=_numpy_unit_mean, clamp_min=np.maximum)
+    unit_mean=_numpy_unit_mean, clamp_min=np.maximum, stack=np.stack)

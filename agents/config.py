@@ -18,8 +18,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
-__all__ = ["CBPConfig", "ConfigBase", "LearnerConfig", "NetworkConfig", "OptimizerConfig", "ReDoConfig",
-           "ShrinkPerturbConfig", "config_hash", "deep_merge"]
+__all__ = ["CBPConfig", "ConfigBase", "L2InitConfig", "LearnerConfig", "NetworkConfig", "OptimizerConfig",
+           "ReDoConfig", "SNRConfig", "ShrinkPerturbConfig", "UPGDConfig", "WeightClipConfig", "config_hash",
+           "deep_merge"]
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -170,16 +171,42 @@ def _validate_all(obj: ConfigBase) -> None:
 
 @dataclass(frozen=True)
 class NetworkConfig(ConfigBase):
-    """Which network. ``hidden``/``activation``/``leaky_slope`` are for the MLP, ``width`` for
-    ResNet-18 (stem channels; 64 in the paper), ``dropout`` for MLP and convnet."""
+    """Which network. ``hidden``/``leaky_slope`` are for the MLP, ``width`` for ResNet-18 (stem
+    channels; 64 in the paper), ``dropout`` for MLP and convnet. ``activation``: any of them for
+    the MLP; the convnet and ResNet-18 take ``relu`` or ``crelu``.
+
+    ``crelu`` (concatenated ReLU, Abbas et al. 2023): each unit outputs ``[relu(x), relu(−x)]``.
+    The width is *halved*: a layer has ⌈w/2⌉ units whose two outputs make a representation of
+    the width ``w`` the network has with ReLU (``hidden`` and the convnet's and ResNet blocks'
+    widths name the representations). The next layers keep their size, each CReLU layer has
+    half the incoming weights: about half the parameters of the ReLU network (keeping the width
+    would double every layer that reads a CReLU representation instead). In ResNet-18 only the
+    blocks' inner activations are CReLU (the stem and the block outputs feed identity skip
+    paths, whose widths must match).
+
+    ``layer_norm`` (Lyle et al. 2024): layer normalisation, with a learned scale and shift per
+    unit, before every hidden activation: ``nn.LayerNorm`` over a linear layer's units and
+    ``GroupNorm(1, C)`` (all channels and positions of an example) after a conv; in ResNet-18 it
+    replaces every BatchNorm (statistics no longer depend on the batch).
+    """
 
     kind: str = field(default="mlp", metadata=_choices("mlp", "convnet", "resnet18", "linear"))
     hidden: tuple[int, ...] = field(default=(100, 100, 100), metadata=_range(1))
     activation: str = field(default="relu", metadata=_choices(
-        "sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish"))
+        "sigmoid", "tanh", "elu", "leaky_relu", "relu", "swish", "crelu"))
     leaky_slope: float = field(default=0.01, metadata=_range(0.0, 1.0, hi_open=True))
     dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
     width: int = field(default=64, metadata=_range(1))
+    layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind in ("convnet", "resnet18") and self.activation not in ("relu", "crelu"):
+            raise ValueError(f"NetworkConfig.activation: the {self.kind} takes 'relu' or 'crelu', "
+                             f"got {self.activation!r}")
+        if self.kind == "linear" and self.layer_norm:
+            raise ValueError("NetworkConfig.layer_norm: the linear model has no hidden layer to "
+                             "normalise; set layer_norm to false or use kind 'mlp'")
 
 
 @dataclass(frozen=True)
@@ -235,6 +262,51 @@ class ReDoConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class L2InitConfig(ConfigBase):
+    """L2 Init (Kumar et al. 2024, regenerative regularization): ``strength·(θ − θ₀)`` is added to
+    every parameter's gradient, θ₀ the network's initial parameters — the gradient of
+    ``(strength/2)·‖θ − θ₀‖²``, scaled like ``optimizer.weight_decay`` (as in the authors' update
+    θ ← (1 − αλ)·θ + αλ·θ₀ − α·∇L under SGD). θ₀ is fixed at construction (a unit reset does not
+    move it); ``retrain`` re-draws it with the network."""
+
+    strength: float = field(default=1e-2, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
+class WeightClipConfig(ConfigBase):
+    """Weight clipping (Elsayed et al. 2024): after every update clamp each weight and bias of a
+    layer to ``±kappa·b``, ``b`` the bound of that layer's initial weight distribution (a normal
+    init's std times √3, the bound of the uniform with its variance). Normalisation layers'
+    scales and shifts are not clipped."""
+
+    kappa: float = field(default=2.0, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class UPGDConfig(ConfigBase):
+    """UPGD (Elsayed and Mahmood 2024), replacing the SGD step (step size ``optimizer.lr``): per
+    weight, utility ``u ← β·u + (1 − β)·(−g·w)``; then
+    ``w ← (1 − lr·weight_decay)·w − lr·(g + ξ)·(1 − sigmoid(û / η))``, ξ ~ N(0, noise_std²),
+    û the bias-corrected utility and η the largest (uncorrected) utility over every parameter of
+    the network (the authors' global scaling)."""
+
+    beta_utility: float = field(default=0.999, metadata=_range(0.0, 1.0, hi_open=True))
+    noise_std: float = field(default=1e-3, metadata=_range(0.0))
+    weight_decay: float = field(default=1e-3, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
+class SNRConfig(ConfigBase):
+    """Self-normalized resets (Farias and Jozefiak 2024): a unit fires on an update when its
+    value is > 0 for some example (and position) of the batch. Its firing rate is estimated from
+    its life up to its last firing, μ = (F + 1)/(S + 2) (F firings in S updates, Laplace's rule);
+    after ``a`` silent updates it is reset when ``(1 − μ)^a < 1 − percentile``, i.e. when the run
+    exceeds the ``percentile`` quantile of the geometric waiting time its own rate predicts."""
+
+    percentile: float = field(default=0.99999, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
+
+
+@dataclass(frozen=True)
 class LearnerConfig(ConfigBase):
     """The whole supervised reference learner. A ``None`` section means "method off".
 
@@ -250,10 +322,21 @@ class LearnerConfig(ConfigBase):
     shrink_perturb: ShrinkPerturbConfig | None = None
     cbp: CBPConfig | None = None
     redo: ReDoConfig | None = None
+    l2_init: L2InitConfig | None = None
+    weight_clip: WeightClipConfig | None = None
+    upgd: UPGDConfig | None = None
+    snr: SNRConfig | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.cbp is not None and self.redo is not None:
-            raise ValueError("LearnerConfig: cbp and redo both re-initialise hidden units and would "
-                             "undo each other's bookkeeping; configure one of them (set the other "
-                             "section to None)")
+        o = self.optimizer
+        if self.upgd is not None and (o.name != "sgd" or o.momentum != 0.0 or o.weight_decay != 0.0):
+            raise ValueError("LearnerConfig.upgd replaces the SGD step and has its own weight decay "
+                             "(upgd.weight_decay): set optimizer to name 'sgd', momentum 0, "
+                             f"weight_decay 0 (got name {o.name!r}, momentum {o.momentum}, "
+                             f"weight_decay {o.weight_decay})")
+        resets = [name for name in ("cbp", "redo", "snr") if getattr(self, name) is not None]
+        if len(resets) > 1:  # each keeps per-unit statistics that the others' resets would corrupt
+            raise ValueError(f"LearnerConfig: {' and '.join(resets)} {'both' if len(resets) == 2 else 'all'} "
+                             "re-initialise hidden units and would undo each other's bookkeeping; "
+                             "configure one of them (set the other sections to None)")

@@ -13,6 +13,12 @@ head-reset         ``head_reset = "zero" | "reinit"`` at each ``next_task_bounda
 retrain            ``retrain = True``: the whole network and optimizer afresh at each boundary
 linear             ``network.kind = "linear"``
 cbp                ``cbp``: continual backpropagation after each update
+l2-init            ``l2_init``: λ·(θ − θ₀) added to the gradient, θ₀ the initial parameters
+weight-clip        ``weight_clip``: after each update, every weight in ±κ·(its layer's init bound)
+upgd               ``upgd``: utility-gated, perturbed SGD step (replaces SGD's; own weight decay)
+crelu              ``network.activation = "crelu"``: [relu(x), relu(−x)] per unit, half the units
+layernorm          ``network.layer_norm = True`` (with ``optimizer.weight_decay``)
+snr                ``snr``: reset a unit whose silence its own firing rate makes improbable
 =================  ==========================================================================
 
 The task kind follows the action space: ``MultiDiscrete`` → classification (cross-entropy),
@@ -37,9 +43,10 @@ from plasticity_gym_agents.cbp import ContinualBackprop
 from plasticity_gym_agents.config import LearnerConfig
 from plasticity_gym_agents.lockstep import LockstepLearner, lockstep_support
 from plasticity_gym_agents.networks import PlasticNetwork, ResNet18, build_network, resolve_device, task_spec
-from plasticity_gym_agents.optim import ReferenceOptimizer, shrink_perturb
+from plasticity_gym_agents.optim import ReferenceOptimizer, module_clip_bounds, shrink_perturb
 from plasticity_gym_agents.protocol import learning_phase, next_phase
 from plasticity_gym_agents.redo import ReDo
+from plasticity_gym_agents.snr import SelfNormalizedResets
 from plasticity_gym_agents.units import reset_module_parameters, zero_optimizer_slices
 
 __all__ = ["SupervisedLearner", "build_network", "resolve_device", "task_spec"]
@@ -79,13 +86,22 @@ class SupervisedLearner:
         for m in self._network.modules():
             if hasattr(m, "generator") and isinstance(m, torch.nn.Module):
                 m.generator = self.generator  # seeded dropout
-        self.optimizer = ReferenceOptimizer(self.params, self.config.optimizer)
+        self.optimizer = self._make_optimizer()
         groups = self._network.cbp_groups()
         self._cbp = (ContinualBackprop(groups, self.config.cbp, optimizer=self.optimizer,
                                        generator=self.generator) if self.config.cbp else None)
         self._redo = (ReDo(groups, self.config.redo, optimizer=self.optimizer, generator=self.generator)
                       if self.config.redo else None)
+        self._snr = (SelfNormalizedResets(groups, self.config.snr, optimizer=self.optimizer, generator=self.generator)
+                     if self.config.snr else None)
         self._updates = 0
+
+    def _make_optimizer(self) -> ReferenceOptimizer:
+        """The optimizer with the update-side methods (L2 Init, weight clipping, UPGD) the config has."""
+        c = self.config
+        return ReferenceOptimizer(self.params, c.optimizer, l2_init=c.l2_init, weight_clip=c.weight_clip,
+                                  clip_bounds=module_clip_bounds(self._network) if c.weight_clip else None,
+                                  upgd=c.upgd, generator=self.generator)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -99,6 +115,9 @@ class SupervisedLearner:
             lins = [*getattr(net, "layers", []), net.head]
             for lin, w, b in zip(lins, self.core.weights, self.core.biases):
                 lin.weight, lin.bias = torch.nn.Parameter(w[0]), torch.nn.Parameter(b[0])
+            for norm, scale, shift in zip(getattr(net, "norms", None) or (), self.core.norm_scales,
+                                          self.core.norm_shifts):
+                norm.weight, norm.bias = torch.nn.Parameter(scale[0]), torch.nn.Parameter(shift[0])
             self._network = net
         self.core.flush()
         return self._network
@@ -126,6 +145,14 @@ class SupervisedLearner:
         if self.core is None or self.core.redo is None:
             return self._redo if self.core is None else None
         counts = self.core.redo.replacements[:, 0].tolist()
+        return SimpleNamespace(replacements={f"layers.{i}": n for i, n in enumerate(counts)})
+
+    @property
+    def snr(self) -> SelfNormalizedResets | SimpleNamespace | None:
+        """SNR's state; on the learner core a read-only view (``replacements`` per hidden layer)."""
+        if self.core is None or self.core.snr is None:
+            return self._snr if self.core is None else None
+        counts = self.core.snr.replacements[:, 0].tolist()
         return SimpleNamespace(replacements={f"layers.{i}": n for i, n in enumerate(counts)})
 
     # -- protocol ------------------------------------------------------------------------------
@@ -184,6 +211,7 @@ class SupervisedLearner:
             "optimizer": self.optimizer.state_dict(),
             "cbp": self._cbp.state_dict() if self._cbp else None,
             "redo": self._redo.state_dict() if self._redo else None,
+            "snr": self._snr.state_dict() if self._snr else None,
             "generator": self.generator.get_state(),
             "active_outputs": getattr(self._network, "active_outputs", None),
             "boundaries_seen": self.boundaries_seen,
@@ -204,6 +232,8 @@ class SupervisedLearner:
             self._cbp.load_state_dict(state["cbp"])
         if self._redo and state["redo"] is not None:
             self._redo.load_state_dict(state["redo"])
+        if self._snr and state.get("snr") is not None:
+            self._snr.load_state_dict(state["snr"])
         self.generator.set_state(state["generator"].cpu() if torch.is_tensor(state["generator"])
                                  else state["generator"])
         if state.get("active_outputs") is not None:
@@ -249,6 +279,8 @@ class SupervisedLearner:
             self._cbp.step()
         if self._redo is not None:
             self._redo.step()
+        if self._snr is not None:
+            self._snr.step()
 
     def _on_task_boundary(self) -> None:
         self.boundaries_seen += 1
@@ -257,8 +289,8 @@ class SupervisedLearner:
             return  # the first task starts from the initial network: nothing to reset
         if self.config.retrain:
             self._network.reset_parameters(self.generator)
-            self.optimizer = ReferenceOptimizer(self.params, self.config.optimizer)
-            for method in (self._cbp, self._redo):
+            self.optimizer = self._make_optimizer()  # L2 Init's θ₀: the re-drawn network
+            for method in (self._cbp, self._redo, self._snr):
                 if method is not None:
                     method.optimizer = self.optimizer
                     method.reset_state()

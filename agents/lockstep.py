@@ -32,12 +32,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from plasticity_gym_agents.arrays import NUMPY, TORCH, activate, activation_backward
+from plasticity_gym_agents.arrays import NUMPY, TORCH, activate, activation_backward, outputs_per_unit
 from plasticity_gym_agents.cbp_state import UnitStatistics
 from plasticity_gym_agents.config import LearnerConfig, config_hash
 from plasticity_gym_agents.networks import MLP, build_network, resolve_device, task_spec
-from plasticity_gym_agents.optim import adam_update, along, replica_scalar, sgd_update, shrink_perturb
+from plasticity_gym_agents.optim import (adam_update, along, clip_bound, clip_weights_, l2_init_gradient, replica_scalar,
+                                         sgd_update, shrink_perturb, upgd_update)
 from plasticity_gym_agents.redo import DormantUnits
+from plasticity_gym_agents.snr import FiringStatistics
 from plasticity_gym_agents.units import batched_abs_sum, get_init, reinit_slices
 
 __all__ = ["LockstepLearner", "LockstepUnsupported", "lockstep_support"]
@@ -62,7 +64,9 @@ def lockstep_support(config: LearnerConfig) -> str | None:
 # The scalar hyperparameters that may differ between replicas, per config section.
 PER_REPLICA = {"optimizer": ("lr", "momentum", "weight_decay", "betas", "eps"),
                "cbp": ("replacement_rate", "maturity", "decay"),
-               "shrink_perturb": ("weight_decay", "noise_std"), "redo": ("threshold",)}
+               "shrink_perturb": ("weight_decay", "noise_std"), "redo": ("threshold",), "snr": ("percentile",),
+               "l2_init": ("strength",), "weight_clip": ("kappa",),
+               "upgd": ("beta_utility", "noise_std", "weight_decay")}
 
 
 def _structure(config: LearnerConfig) -> dict[str, Any]:
@@ -124,8 +128,19 @@ class LockstepLearner:
                         for i in range(len(layers[0]))]
         self.biases = [torch.stack([ls[i].bias.detach() for ls in layers]).to(self.device).contiguous()
                        for i in range(len(layers[0]))]
-        # The single learner's parameter order (network.parameters()): w0, b0, w1, b1, ..., head.
-        self._params = [t for pair in zip(self.weights, self.biases) for t in pair]
+        # LayerNorm's scale and shift of each hidden layer, (R, units) (empty lists without it).
+        norms = [net.norms for net in nets] if config.network.layer_norm else []
+        self.norm_scales = [torch.stack([ns[i].weight.detach() for ns in norms]).to(self.device).contiguous()
+                            for i in range(len(norms[0]))] if norms else []
+        self.norm_shifts = [torch.stack([ns[i].bias.detach() for ns in norms]).to(self.device).contiguous()
+                            for i in range(len(norms[0]))] if norms else []
+        self._norm_eps = norms[0][0].eps if norms else 0.0
+        # CReLU: two outputs per unit, adjacent columns of the next layer.
+        self._k = outputs_per_unit(self.activation)
+        # The single learner's parameter order (network.parameters()): w0, b0, w1, b1, ..., head,
+        # then the LayerNorm scales and shifts (MLP registers its norms after the head).
+        self._params = ([t for pair in zip(self.weights, self.biases) for t in pair]
+                        + [t for pair in zip(self.norm_scales, self.norm_shifts) for t in pair])
         self.generators = [torch.Generator(device=self.device).manual_seed(s + 1) for s in self.seeds]
         self._init_hyperparameters()
         self._init_optimizer_state()
@@ -133,6 +148,7 @@ class LockstepLearner:
         self.cbp = ([UnitStatistics([c.cbp for c in self.configs], self.n, w, device=self.device) for w in widths]
                     if config.cbp else None)
         self.redo = DormantUnits(widths, self.n, [c.redo for c in self.configs], self.device) if config.redo else None
+        self.snr = FiringStatistics(widths, self.n, [c.snr for c in self.configs], self.device) if config.snr else None
         self._deferred = self._deferred_updates()
         # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
         # overhead: their forward, backward and SGD step run in numpy on views of the tensors.
@@ -146,6 +162,7 @@ class LockstepLearner:
         # with nothing in between (no Shrink and Perturb) the train step returns them.
         self._out_magnitude_layers = (tuple(range(1, len(self.weights)))
                                       if config.cbp is not None and self._plain_sgd
+                                      and config.weight_clip is None
                                       and config.shrink_perturb is None else ())
         self._compile_request = compile
         self._step = self._train_step
@@ -171,7 +188,26 @@ class LockstepLearner:
         self.weight_decay = per_replica([o.weight_decay for o in oc])
         self.betas = (per_replica([o.betas[0] for o in oc]), per_replica([o.betas[1] for o in oc]))
         self.eps = per_replica([o.eps for o in oc])
-        self._plain_sgd = not self.adam and all(o.momentum == 0.0 and o.weight_decay == 0.0 for o in oc)
+        # L2 Init and UPGD need the gradients: they take the optimizer path, not plain SGD's.
+        self._plain_sgd = (not self.adam and all(o.momentum == 0.0 and o.weight_decay == 0.0 for o in oc)
+                           and self.config.l2_init is None and self.config.upgd is None)
+        if self.config.network.layer_norm:  # LayerNorm's scales and shifts take the gradient path
+            self._plain_sgd = False
+        if self.config.l2_init is not None:  # θ₀: the weights as built (kept apart from opt_state,
+            # whose slices unit surgery zeroes)
+            self._l2_strength = per_replica([c.l2_init.strength for c in self.configs])
+            self._initial = [p.clone() for p in self._params]
+        if self.config.weight_clip is not None:
+            self._clip_kappa = per_replica([c.weight_clip.kappa for c in self.configs])
+            self._clip_bounds = [clip_bound(spec) for spec in self.init_specs for _ in range(2)]  # w, b
+        up = [c.upgd for c in self.configs]
+        if up[0] is not None:
+            self._upgd = {"beta": per_replica([u.beta_utility for u in up]),
+                          "noise_std": per_replica([u.noise_std for u in up]),
+                          "weight_decay": per_replica([u.weight_decay for u in up])}
+            self._upgd_noisy = {r for r, u in enumerate(up) if u.noise_std > 0.0}
+            self._upgd_noise = torch.zeros(self.n, sum(p[0].numel() for p in self._params) if self._upgd_noisy
+                                           else 0, device=self.device)
         sp = [c.shrink_perturb for c in self.configs]
         if sp[0] is not None:
             self._shrink = per_replica([1.0 - o.lr * s.weight_decay for o, s in zip(oc, sp)])
@@ -212,6 +248,10 @@ class LockstepLearner:
             for lin, w, b in zip(_linears(self._probe_net), self.current_weights(), self.biases):
                 lin.weight.copy_(w[index])
                 lin.bias.copy_(b[index])
+            for norm, scale, shift in zip(getattr(self._probe_net, "norms", None) or (), self.norm_scales,
+                                          self.norm_shifts):
+                norm.weight.copy_(scale[index])
+                norm.bias.copy_(shift[index])
         return self._probe_net
 
     @torch.no_grad()
@@ -225,8 +265,9 @@ class LockstepLearner:
         x = self._tensor(observations)
         weights = self.current_weights()
         hidden = []
-        for w, b in zip(weights[:-1], self.biases):
-            x = activate(TORCH, self.activation, TORCH.affine(x, w, w.transpose(1, 2), b.unsqueeze(1)), self.slope)
+        for i, (w, b) in enumerate(zip(weights[:-1], self.biases)):
+            pre = TORCH.affine(x, w, w.transpose(1, 2), b.unsqueeze(1))
+            x = activate(TORCH, self.activation, self._layer_norm(pre, i)[0] if self.norm_scales else pre, self.slope)
             hidden.append(x)
         return hidden, weights
 
@@ -243,8 +284,9 @@ class LockstepLearner:
 
     @property
     def params(self) -> list[torch.Tensor]:
-        """The parameters in the single learner's order (w0, b0, w1, ...), deferred updates applied."""
-        return [t for pair in zip(self.current_weights(), self.biases) for t in pair]
+        """The parameters in the single learner's order (w0, b0, w1, ..., then LayerNorm's γ0, β0,
+        ...), deferred updates applied."""
+        return [t for pair in zip(self.current_weights(), self.biases) for t in pair] + self._params[2 * len(self.weights):]
 
     def config_hash(self) -> str:
         if all(c == self.config for c in self.configs):
@@ -260,6 +302,9 @@ class LockstepLearner:
             "optimizer": {k: [t.cpu() for t in v] for k, v in self.opt_state.items()},
             "cbp": [s.state_dict() for s in self.cbp] if self.cbp else None,
             "redo": self.redo.state_dict() if self.redo else None,
+            "snr": self.snr.state_dict() if self.snr else None,
+            "norms": [t.cpu() for t in self.norm_scales + self.norm_shifts],
+            "l2_init_initial": [t.cpu() for t in self._initial] if self.config.l2_init is not None else None,
             "generators": [g.get_state() for g in self.generators],
             "updates": self.updates,
             "seeds": list(self.seeds),
@@ -270,7 +315,8 @@ class LockstepLearner:
         if state.get("config_hash") != self.config_hash() or state.get("seeds") != self.seeds:
             raise ValueError("state was saved by a lockstep learner with a different config or seeds")
         with torch.no_grad():
-            for dst, src in zip(self.weights + self.biases, state["weights"] + state["biases"]):
+            for dst, src in zip(self.weights + self.biases + self.norm_scales + self.norm_shifts,
+                                state["weights"] + state["biases"] + state["norms"]):
                 dst.copy_(src)
             for i, d in self._deferred.items():
                 d.load_state_dict(state["deferred"][i])
@@ -281,6 +327,12 @@ class LockstepLearner:
             s.load_state_dict(st)
         if self.redo:
             self.redo.load_state_dict(state["redo"])
+        if self.snr:
+            self.snr.load_state_dict(state["snr"])
+        if self.config.l2_init is not None:
+            with torch.no_grad():
+                for dst, src in zip(self._initial, state["l2_init_initial"]):
+                    dst.copy_(src)
         for g, st in zip(self.generators, state["generators"]):
             g.set_state(st)
         self.updates = int(state["updates"])
@@ -308,7 +360,7 @@ class LockstepLearner:
         x = np.asarray(observations, dtype=np.float32) if numpy else _as_float_tensor(observations, self.device)
         return x.reshape(self.n, shape[1], -1)
 
-    def _forward_any(self, observations: np.ndarray) -> tuple[Any, tuple[list, list, list]]:
+    def _forward_any(self, observations: np.ndarray) -> tuple[Any, tuple[list, list, list, list]]:
         if self._numpy:
             return self._forward(NUMPY, self._tensor(observations, numpy=True))
         with torch.no_grad():
@@ -316,9 +368,11 @@ class LockstepLearner:
             # contiguous: the compiled step is specialised to its inputs' strides
             return self._forward(TORCH, x.contiguous() if self.compiled else x)
 
-    def _forward(self, xp: Any, x: Any) -> tuple[Any, tuple[list, list, list]]:
-        """The forward pass, keeping what the backward pass needs: (inputs, pres, posts)."""
-        inputs, pres, posts = [], [], []
+    def _forward(self, xp: Any, x: Any) -> tuple[Any, tuple[list, list, list, list]]:
+        """The forward pass, keeping what the backward pass needs: (inputs, pres, posts, norms);
+        with LayerNorm ``pres`` are the normalised pre-activations and ``norms`` holds each
+        hidden layer's (x̂, 1/σ) (empty without)."""
+        inputs, pres, posts, norms = [], [], [], []
         h = x
         last = len(self._affine) - 1
         for i, views in enumerate(self._affine):
@@ -327,7 +381,10 @@ class LockstepLearner:
             if i in self._deferred:
                 self._deferred[i].add_forward(pre, h)
             if i == last:
-                return pre, (inputs, pres, posts)
+                return pre, (inputs, pres, posts, norms)
+            if self.norm_scales:
+                pre, xhat, rstd = self._layer_norm(pre, i)
+                norms += [xhat, rstd]
             h = activate(xp, self.activation, pre, self.slope)
             pres.append(pre)
             posts.append(h)
@@ -367,14 +424,32 @@ class LockstepLearner:
             alpha = self._alphas[scale] = alpha
         return alpha
 
-    def _backward(self, xp: Any, weights: list, g: Any, cache: tuple[list, list, list], biases: list | None = None,
+    def _layer_norm(self, pre: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, x̂, 1/σ)``: layer ``layer``'s LayerNorm of ``pre`` ``(R, batch, units)`` over the
+        units (biased variance, ``nn.LayerNorm``'s ε), y = γ·x̂ + β."""
+        centred = pre - pre.mean(2, keepdim=True)
+        rstd = torch.rsqrt((centred * centred).mean(2, keepdim=True) + self._norm_eps)
+        xhat = centred * rstd
+        return (torch.addcmul(self.norm_shifts[layer].unsqueeze(1), xhat, self.norm_scales[layer].unsqueeze(1)),
+                xhat, rstd)
+
+    def _layer_norm_backward(self, g: torch.Tensor, layer: int, xhat: torch.Tensor,
+                             rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From ``g`` = d loss / d y: (d loss / d pre, d loss / d γ, d loss / d β)."""
+        gx = g * self.norm_scales[layer].unsqueeze(1)
+        g_pre = rstd * (gx - gx.mean(2, keepdim=True) - xhat * (gx * xhat).mean(2, keepdim=True))
+        return g_pre, (g * xhat).sum(1), g.sum(1)
+
+    def _backward(self, xp: Any, weights: list, g: Any, cache: tuple[list, list, list, list], biases: list | None = None,
                   alpha: Any = None) -> list:
         """Backpropagate the output gradient ``g``, head first. With ``biases`` and ``alpha``: plain
         SGD (the paper's runs), w += alpha·gᵀx layer by layer with no gradient tensors (the gradient
         flows on through the weights as they were before the update). Without: return every
-        parameter's gradient, in w0, b0, w1, b1, ... order (weights (R, out, in))."""
-        inputs, pres, posts = cache
+        parameter's gradient, in w0, b0, w1, b1, ... order (weights (R, out, in)), then the
+        LayerNorm scales' and shifts' (γ0, β0, γ1, ...; LayerNorm takes this path only)."""
+        inputs, pres, posts, norms = cache
         grads: list = []
+        norm_grads: list = []
         for i in range(len(weights) - 1, -1, -1):
             g_prev = xp.bmm(g, weights[i]) if i > 0 else None
             if biases is None:
@@ -390,24 +465,27 @@ class LockstepLearner:
                 xp.add_rows_(biases[i], g, alpha)
             if g_prev is not None:
                 g = activation_backward(xp, self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
-        return grads
+                if norms:
+                    g, d_scale, d_shift = self._layer_norm_backward(g, i - 1, norms[2 * i - 2], norms[2 * i - 1])
+                    norm_grads[:0] = [d_scale, d_shift]
+        return grads + norm_grads
 
     def _train_step(self, out: torch.Tensor, y: torch.Tensor, inputs: list, pres: list,
-                    posts: list) -> list[torch.Tensor]:
+                    posts: list, norms: list) -> list[torch.Tensor]:
         """One update of every replica — plain SGD straight into the weights, else through the
         gradients and the optimizer — returning the column |w| sums of the layers CBP reads
         (``_out_magnitude_layers``). Run as is, or compiled (without deferred layers)."""
         g, scale = self._output_gradient(TORCH, out, y)
         if self._plain_sgd:
-            self._backward(TORCH, self.weights, g, (inputs, pres, posts), self.biases, self._alpha(scale))
+            self._backward(TORCH, self.weights, g, (inputs, pres, posts, norms), self.biases, self._alpha(scale))
         else:
             self._optimizer_step(self._backward(TORCH, self.weights, g.mul_(scale) if scale != 1.0 else g,
-                                                (inputs, pres, posts)))
+                                                (inputs, pres, posts, norms)))
         return [batched_abs_sum(self.weights[i], 1) for i in self._out_magnitude_layers]
 
     @torch.no_grad()
-    def _learn(self, out: Any, cache: tuple[list, list, list], target: Any) -> None:
-        inputs, pres, posts = cache
+    def _learn(self, out: Any, cache: tuple[list, list, list, list], target: Any) -> None:
+        inputs, pres, posts, norms = cache
         y = self._targets(target, out.shape[1])
         magnitudes: dict[int, torch.Tensor] = {}
         if self._numpy:
@@ -415,18 +493,25 @@ class LockstepLearner:
             self._backward(NUMPY, self._np[0], g, cache, self._np[1], self._alpha(scale))
             posts = [torch.from_numpy(h) for h in posts]  # for CBP / ReDo, zero-copy
         else:
-            magnitudes = dict(zip(self._out_magnitude_layers, self._run_step(out, y, inputs, pres, posts)))
+            magnitudes = dict(zip(self._out_magnitude_layers, self._run_step(out, y, inputs, pres, posts, norms)))
         self.updates += 1
+        if self.config.weight_clip is not None:  # part of the update: before S&P, CBP and ReDo
+            clip_weights_(self._params, self._clip_bounds, kappa=self._clip_kappa)
         if self.config.shrink_perturb is not None:
             shrink_perturb(self._params, shrink=self._shrink, noise_std=self._noise_std, noise=self._noise,
                            generators=[g if r in self._noisy else None for r, g in enumerate(self.generators)])
+        if self._k > 1:  # CReLU: each unit's outputs as a pair, (R, batch, units, 2)
+            posts = [h.reshape(*h.shape[:2], -1, self._k) for h in posts]
         if self.cbp is not None:
             self._cbp_step(posts, magnitudes)
         for layer, replica, idx in self.redo.update(posts) if self.redo else ():
             self._reinit_units(layer, replica, idx)
+        for layer, replica, idx in self.snr.update(posts) if self.snr else ():
+            self._reinit_units(layer, replica, idx)
 
     def _init_optimizer_state(self) -> None:
         keys = (("exp_avg", "exp_avg_sq", "bias_correction1", "bias_correction2") if self.adam else
+                ("utility", "utility_correction") if self.config.upgd is not None else
                 ("momentum_buffer",) if not self._plain_sgd and any(
                     c.optimizer.momentum > 0 for c in self.configs) else ())
         self.opt_state: dict[str, list[torch.Tensor]] = {k: [torch.zeros_like(p) for p in self._params] for k in keys}
@@ -434,7 +519,13 @@ class LockstepLearner:
 
     def _optimizer_step(self, grads: list[torch.Tensor]) -> None:
         st = self.opt_state
-        if self.adam:
+        if self.config.l2_init is not None:
+            grads = l2_init_gradient(grads, self._params, self._initial, strength=self._l2_strength)
+        if self.config.upgd is not None:
+            upgd_update(self._params, grads, st["utility"], st["utility_correction"], lr=self.lr,
+                        **self._upgd, noise=self._upgd_noise,
+                        generators=[g if r in self._upgd_noisy else None for r, g in enumerate(self.generators)])
+        elif self.adam:
             adam_update(self._params, grads, st["exp_avg"], st["exp_avg_sq"], st["bias_correction1"],
                         st["bias_correction2"], lr=self.lr, scratch=self._scratch,
                         beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay)
@@ -450,19 +541,28 @@ class LockstepLearner:
         self._flush(layer + 1)
         states = list(self.opt_state.values())
 
-        def slot(i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:  # in w0, b0, w1, ... order
-            return self._params[i], [s[i] for s in states]
+        def slot(i: int, view: Any = None) -> tuple[torch.Tensor, list[torch.Tensor]]:  # in _params order
+            view = view or (lambda t: t)
+            return view(self._params[i]), [view(s[i]) for s in states]
 
+        def pairs(t: torch.Tensor) -> torch.Tensor:  # consumer (R, out, units·k): unit i owns k columns
+            return t.view(t.shape[0], t.shape[1], -1, self._k)
+
+        norm = 2 * len(self.weights) + 2 * layer  # LayerNorm's scale and shift follow the head in _params
         reinit_slices(replica, idx, incoming=slot(2 * layer), bias=slot(2 * layer + 1),
-                      outgoing=[(slot(2 * layer + 2), self.biases[layer + 1])], spec=self.init_specs[layer],
-                      generator=self.generators[replica], unit_means=unit_means)
+                      outgoing=[(slot(2 * layer + 2, pairs if self._k > 1 else None), self.biases[layer + 1])],
+                      spec=self.init_specs[layer], generator=self.generators[replica], unit_means=unit_means,
+                      norm=(slot(norm), slot(norm + 1)) if self.norm_scales else None)
 
     def _cbp_step(self, posts: list[torch.Tensor], out_magnitudes: dict[int, torch.Tensor]) -> None:
         for layer, stats in enumerate(self.cbp):
             w, consumer = self.weights[layer], self.weights[layer + 1]
             in_mag = batched_abs_sum(w, 2) if stats.config.utility != "contribution" else None
             out_mag = out_magnitudes.get(layer + 1)
-            stats.update(posts[layer], batched_abs_sum(consumer, 1) if out_mag is None else out_mag, in_mag)
+            out_mag = batched_abs_sum(consumer, 1) if out_mag is None else out_mag
+            if self._k > 1:  # a CReLU unit's outgoing magnitude: both its columns
+                out_mag = out_mag.view(self.n, -1, self._k).sum(2)
+            stats.update(posts[layer], out_mag, in_mag)
             for replica, idx in stats.due().items():
                 self._reinit_units(layer, replica, idx, stats.expected_values(replica, idx))
                 stats.reset_units(replica, idx)
@@ -472,7 +572,7 @@ class LockstepLearner:
         """The layers whose plain-SGD updates are deferred: large enough to be memory-bound, and
         read by nothing but the forward and backward passes between updates (CBP reads its
         consumer layers' |w| every step, and its producers' with the adaptable utility)."""
-        if not self._plain_sgd or self.config.shrink_perturb is not None:
+        if not self._plain_sgd or self.config.shrink_perturb is not None or self.config.weight_clip is not None:
             return {}
         read_each_step: set[int] = set()
         cbp = self.config.cbp
@@ -531,7 +631,7 @@ class LockstepLearner:
         is kept; a compiled step that disagrees (torch 2.11's CPU Inductor was measured wrong on a
         16-core machine) is dropped for good."""
         self._check_compiled = False
-        state = [*self.weights, *self.biases, *(t for ts in self.opt_state.values() for t in ts)]
+        state = [*self._params, *(t for ts in self.opt_state.values() for t in ts)]
         before, eager_args = [t.clone() for t in state], [_clone(a) for a in args]
         try:
             compiled = [t.clone() for t in [*self._step(*args), *state]]

@@ -17,22 +17,61 @@ import numpy as np
 import torch
 from torch import nn
 
-from plasticity_gym_agents.arrays import ACTIVATIONS, activation_gain
+from plasticity_gym_agents.arrays import ACTIVATIONS, TORCH, activation_gain, crelu_inputs, outputs_per_unit
 from plasticity_gym_agents.config import LearnerConfig
-from plasticity_gym_agents.units import (Consumer, InitSpec, UnitGroup, get_init, reset_module_parameters, set_init,
-                          zero_optimizer_slices)
+from plasticity_gym_agents.units import (NORM_TYPES, Consumer, InitSpec, UnitGroup, get_init, reset_module_parameters,
+                          set_init, zero_optimizer_slices)
 
-__all__ = ["ACTIVATIONS", "ConvNet", "LinearNet", "MLP", "PlasticNetwork", "ResNet18", "activation_gain",
-           "build_network", "image_layout", "make_activation", "resolve_device", "task_spec"]
+__all__ = ["ACTIVATIONS", "CReLU", "ConvNet", "LinearNet", "MLP", "PlasticNetwork", "ResNet18", "UnitPairs",
+           "activation_gain", "build_network", "image_layout", "make_activation", "resolve_device", "task_spec"]
+
+
+class UnitPairs(nn.Module):
+    """The hook point of CReLU units: returns a CReLU representation ``(batch, 2n, ...)`` viewed
+    as ``(batch, n, 2, ...)``, unit ``i``'s two outputs on the new axis. A network calls it on its
+    representation (and discards the result) so that unit-group hooks (CBP, ReDo, SNR) see one
+    value pair per unit; the representation itself is the :class:`CReLU`'s ``nn.ReLU`` output."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.unflatten(1, (h.shape[1] // 2, 2))
+
+
+class CReLU(nn.Module):
+    """Concatenated ReLU (Abbas et al. 2023) over dim 1 (features or channels): unit ``i``
+    outputs ``relu(x_i)`` and ``relu(−x_i)`` as entries ``2i`` and ``2i + 1`` (the math of
+    :func:`plasticity_gym_agents.arrays.activate`). ``relu`` is an ``nn.ReLU`` so probes see
+    the representation; ``units`` is its :class:`UnitPairs` hook point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.units = UnitPairs()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(crelu_inputs(TORCH, x, 1))
+        self.units(h)
+        return h
 
 
 def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
     """The hidden activation as torch's own module (the autograd form of :mod:`plasticity_gym_agents.arrays`)."""
     modules = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU, "swish": nn.SiLU,
-               "leaky_relu": lambda: nn.LeakyReLU(leaky_slope)}
+               "leaky_relu": lambda: nn.LeakyReLU(leaky_slope), "crelu": CReLU}
     if name not in modules:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return modules[name]()
+
+
+def layer_units(width: int, activation: str) -> int:
+    """Units of a layer whose representation is ``width`` wide: ⌈width/2⌉ for CReLU (two outputs
+    each; the halved width), else ``width``."""
+    k = outputs_per_unit(activation)
+    return -(-int(width) // k)
+
+
+def _hook_point(act: nn.Module) -> nn.Module:
+    """The module whose output a unit group reads: a CReLU's unit pairs, else the activation."""
+    return act.units if isinstance(act, CReLU) else act
 
 
 class SeededDropout(nn.Module):
@@ -65,51 +104,59 @@ class PlasticNetwork(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Redraw every layer from its recorded initial distribution (retrain from scratch)."""
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+            if isinstance(m, (nn.Linear, nn.Conv2d, *NORM_TYPES)):
                 reset_module_parameters(m, generator)
 
 
 class MLP(PlasticNetwork):
-    """Fully connected network: flatten → [Linear → activation (→ dropout)]* → Linear head.
+    """Fully connected network: flatten → [Linear (→ LayerNorm) → activation (→ dropout)]* → Linear head.
 
-    Hidden weights: Kaiming-uniform with the activation's gain; the head uses gain 1 (linear
-    output); biases start at zero. (Without dropout, the reference agents train it through the
-    learner core, :mod:`plasticity_gym_agents.lockstep`, which stacks these weights; this module is its
-    autograd form: dropout, probes, user code.)
+    ``hidden``: the widths of the hidden representations (with ``crelu``, ⌈w/2⌉ units per layer,
+    two outputs each). Hidden weights: Kaiming-uniform with the activation's gain; the head uses
+    gain 1 (linear output); biases start at zero; ``layer_norm`` adds ``norms`` (scale 1, shift 0;
+    registered after the head, so ``parameters()`` lists the linear layers, the head, then the
+    norms). (Without dropout, the reference agents train it through the learner core,
+    :mod:`plasticity_gym_agents.lockstep`, which stacks these weights; this module is its autograd
+    form: dropout, probes, user code.)
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
                  activation: str = "relu", leaky_slope: float = 0.01, dropout: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+                 layer_norm: bool = False, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.activation_name = activation
         self.leaky_slope = leaky_slope
         gain = activation_gain(activation, leaky_slope)
+        k = outputs_per_unit(activation)
         self.layers = nn.ModuleList()
         self.acts = nn.ModuleList()
         self.drops = nn.ModuleList()
         width = in_features
         for h in hidden:
-            lin = nn.Linear(width, h)
+            lin = nn.Linear(width, layer_units(h, activation))
             set_init(lin, InitSpec.kaiming_uniform(width, gain), generator)
             self.layers.append(lin)
             self.acts.append(make_activation(activation, leaky_slope))
             self.drops.append(SeededDropout(dropout, generator) if dropout > 0 else nn.Identity())
-            width = h
+            width = lin.out_features * k
         self.head = nn.Linear(width, out_features)
         set_init(self.head, InitSpec.kaiming_uniform(width, 1.0), generator)
         self.dropout = dropout
+        self.norms = nn.ModuleList(nn.LayerNorm(lin.out_features) for lin in self.layers) if layer_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        for lin, act, drop in zip(self.layers, self.acts, self.drops):
-            x = drop(act(lin(x)))
+        for i, (lin, act, drop) in enumerate(zip(self.layers, self.acts, self.drops)):
+            z = lin(x)
+            x = drop(act(self.norms[i](z) if self.norms is not None else z))
         return self.head(x)
 
     def cbp_groups(self) -> list[UnitGroup]:
         nxt = [*self.layers[1:], self.head]
+        k = outputs_per_unit(self.activation_name)
         return [
-            UnitGroup(f"layers.{i}", lin, act, (Consumer(nxt[i]),))
+            UnitGroup(f"layers.{i}", lin, _hook_point(act), (Consumer(nxt[i], k),),
+                      batchnorm=None if self.norms is None else self.norms[i])
             for i, (lin, act) in enumerate(zip(self.layers, self.acts))
         ]
 
@@ -119,80 +166,113 @@ class ConvNet(PlasticNetwork):
 
     conv 3→32 5×5, 32→64 3×3, 64→128 3×3, each ReLU + 2×2 max-pool; flatten (512 for 32×32
     input); linear 512→128→128→n. Kaiming-uniform (ReLU gain) hidden layers, gain-1 head.
-    Accepts NCHW or NHWC input (``channels_last``).
+    Accepts NCHW or NHWC input (``channels_last``). ``activation="crelu"``: every layer has half
+    the units (16, 32, 64 channels; 64, 64 units), each with two outputs, so every representation
+    keeps the width above. ``layer_norm``: ``GroupNorm(1, C)`` after each conv and ``LayerNorm``
+    after each hidden linear layer (``norm1`` … ``norm5``), before the activation.
     """
 
     def __init__(self, out_features: int = 2, *, in_channels: int = 3, image_size: int = 32,
-                 channels_last: bool = False, dropout: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+                 channels_last: bool = False, dropout: float = 0.0, activation: str = "relu",
+                 layer_norm: bool = False, generator: torch.Generator | None = None) -> None:
         super().__init__()
+        if activation not in ("relu", "crelu"):
+            raise ValueError(f"the convnet takes activation 'relu' or 'crelu', got {activation!r}")
         self.channels_last = channels_last
+        self.outputs_per_unit = k = outputs_per_unit(activation)
         relu_gain = math.sqrt(2.0)
-        self.conv1 = nn.Conv2d(in_channels, 32, 5)
-        self.conv2 = nn.Conv2d(32, 64, 3)
-        self.conv3 = nn.Conv2d(64, 128, 3)
-        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        c1, c2, c3, f = (layer_units(w, activation) for w in (32, 64, 128, 128))
+        self.conv1 = nn.Conv2d(in_channels, c1, 5)
+        self.conv2 = nn.Conv2d(c1 * k, c2, 3)
+        self.conv3 = nn.Conv2d(c2 * k, c3, 3)
+        self.relu1, self.relu2, self.relu3 = (make_activation(activation) for _ in range(3))
         self.pool1, self.pool2, self.pool3 = nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)
         side = image_size
-        for k in (5, 3, 3):
-            side = (side - k + 1) // 2
+        for ks in (5, 3, 3):
+            side = (side - ks + 1) // 2
         if side < 1:
             raise ValueError(f"image_size {image_size} is too small for the convnet")
         self.positions = side * side
-        flat = 128 * self.positions
-        self.fc1 = nn.Linear(flat, 128)
-        self.fc2 = nn.Linear(128, 128)
-        self.relu4, self.relu5 = nn.ReLU(), nn.ReLU()
+        flat = c3 * k * self.positions
+        self.fc1 = nn.Linear(flat, f)
+        self.fc2 = nn.Linear(f * k, f)
+        self.relu4, self.relu5 = make_activation(activation), make_activation(activation)
         self.drop4 = SeededDropout(dropout, generator) if dropout > 0 else nn.Identity()
         self.drop5 = SeededDropout(dropout, generator) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(128, out_features)
+        self.head = nn.Linear(f * k, out_features)
         for conv in (self.conv1, self.conv2, self.conv3):
             fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
             set_init(conv, InitSpec.kaiming_uniform(fan_in, relu_gain), generator)
         set_init(self.fc1, InitSpec.kaiming_uniform(flat, relu_gain), generator)
-        set_init(self.fc2, InitSpec.kaiming_uniform(128, relu_gain), generator)
-        set_init(self.head, InitSpec.kaiming_uniform(128, 1.0), generator)
+        set_init(self.fc2, InitSpec.kaiming_uniform(f * k, relu_gain), generator)
+        set_init(self.head, InitSpec.kaiming_uniform(f * k, 1.0), generator)
+        norms = ([nn.GroupNorm(1, c) for c in (c1, c2, c3)] + [nn.LayerNorm(f), nn.LayerNorm(f)]
+                 if layer_norm else [nn.Identity() for _ in range(5)])
+        self.norm1, self.norm2, self.norm3, self.norm4, self.norm5 = norms
+        # CReLU conv units are read after pooling: their hook point is the pooled pair view.
+        self.pooled1, self.pooled2, self.pooled3 = (UnitPairs() if k == 2 else nn.Identity() for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = self.pool3(self.relu3(self.conv3(x)))
+        for conv, norm, act, pool, pooled in ((self.conv1, self.norm1, self.relu1, self.pool1, self.pooled1),
+                                              (self.conv2, self.norm2, self.relu2, self.pool2, self.pooled2),
+                                              (self.conv3, self.norm3, self.relu3, self.pool3, self.pooled3)):
+            x = pool(act(norm(conv(x))))
+            pooled(x)  # the unit groups' hook point (identity without CReLU)
         x = x.flatten(1)
-        x = self.drop4(self.relu4(self.fc1(x)))
-        x = self.drop5(self.relu5(self.fc2(x)))
+        x = self.drop4(self.relu4(self.norm4(self.fc1(x))))
+        x = self.drop5(self.relu5(self.norm5(self.fc2(x))))
         return self.head(x)
 
     def cbp_groups(self) -> list[UnitGroup]:
         # A conv unit's value h is the pooled map its consumer reads; conv3's channels each own
-        # their `positions` columns of fc1 through the flatten.
+        # their `positions` columns of fc1 through the flatten (k channels each with CReLU).
+        k = self.outputs_per_unit
+        conv_h = (self.pooled1, self.pooled2, self.pooled3) if k == 2 else (self.pool1, self.pool2, self.pool3)
+
+        def norm(m: nn.Module) -> nn.Module | None:
+            return None if isinstance(m, nn.Identity) else m
+
         return [
-            UnitGroup("conv1", self.conv1, self.pool1, (Consumer(self.conv2),)),
-            UnitGroup("conv2", self.conv2, self.pool2, (Consumer(self.conv3),)),
-            UnitGroup("conv3", self.conv3, self.pool3, (Consumer(self.fc1, self.positions),)),
-            UnitGroup("fc1", self.fc1, self.relu4, (Consumer(self.fc2),)),
-            UnitGroup("fc2", self.fc2, self.relu5, (Consumer(self.head),)),
+            UnitGroup("conv1", self.conv1, conv_h[0], (Consumer(self.conv2, k),), batchnorm=norm(self.norm1)),
+            UnitGroup("conv2", self.conv2, conv_h[1], (Consumer(self.conv3, k),), batchnorm=norm(self.norm2)),
+            UnitGroup("conv3", self.conv3, conv_h[2], (Consumer(self.fc1, k * self.positions),),
+                      batchnorm=norm(self.norm3)),
+            UnitGroup("fc1", self.fc1, _hook_point(self.relu4), (Consumer(self.fc2, k),), batchnorm=norm(self.norm4)),
+            UnitGroup("fc2", self.fc2, _hook_point(self.relu5), (Consumer(self.head, k),), batchnorm=norm(self.norm5)),
         ]
 
 
+def _norm2d(channels: int, layer_norm: bool) -> nn.Module:
+    """BatchNorm, or with ``layer_norm`` its batch-independent replacement: layer normalisation
+    over all channels and positions of an example with a scale and shift per channel."""
+    return nn.GroupNorm(1, channels) if layer_norm else nn.BatchNorm2d(channels)
+
+
 class BasicBlock(nn.Module):
-    """ResNet basic block with separate ReLU modules (so hooks see the inner one alone)."""
+    """ResNet basic block with separate ReLU modules (so hooks see the inner one alone).
+
+    ``activation="crelu"``: the inner activation is CReLU with ⌈planes/2⌉ conv1 channels (two
+    outputs each, so conv2 reads ``planes`` channels as before); the block output stays ReLU (it
+    is added to the skip path). ``layer_norm``: every ``bn*`` is ``GroupNorm(1, C)`` instead."""
 
     def __init__(self, in_planes: int, planes: int, stride: int,
-                 generator: torch.Generator | None) -> None:
+                 generator: torch.Generator | None, *, activation: str = "relu",
+                 layer_norm: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        inner = layer_units(planes, activation)
+        self.conv1 = nn.Conv2d(in_planes, inner, 3, stride, 1, bias=False)
+        self.bn1 = _norm2d(inner, layer_norm)
+        self.relu1 = make_activation(activation)
+        self.conv2 = nn.Conv2d(inner * outputs_per_unit(activation), planes, 3, 1, 1, bias=False)
+        self.bn2 = _norm2d(planes, layer_norm)
         self.relu2 = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         convs = [self.conv1, self.conv2]
         if stride != 1 or in_planes != planes:
             sc_conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-            self.shortcut = nn.Sequential(sc_conv, nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(sc_conv, _norm2d(planes, layer_norm))
             convs.append(sc_conv)
         for conv in convs:
             fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
@@ -207,7 +287,11 @@ class BasicBlock(nn.Module):
 class ResNet18(PlasticNetwork):
     """ResNet-18 with the CIFAR stem (3×3 conv, stride 1, no max-pool), BatchNorm.
 
-    ``width`` is the stem's channel count (64 in the paper; smaller for CPU scales). The head has
+    ``width`` is the stem's channel count (64 in the paper; smaller for CPU scales).
+    ``layer_norm``: every BatchNorm becomes ``GroupNorm(1, C)`` (layer normalisation over an
+    example's channels and positions, scale and shift per channel) — layer normalisation before
+    each activation, and no statistics shared across the batch. ``activation="crelu"``: the
+    blocks' inner activations are CReLU at half the units (see :class:`BasicBlock`). The head has
     ``max_outputs`` units of which the first ``active_outputs`` are used: ``set_active_outputs``
     grows the head (new rows redrawn from the init distribution), as the paper adds 5 output
     units per class increment.
@@ -231,13 +315,16 @@ class ResNet18(PlasticNetwork):
     """
 
     def __init__(self, max_outputs: int, *, active_outputs: int | None = None, width: int = 64,
-                 in_channels: int = 3, channels_last: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+                 in_channels: int = 3, channels_last: bool = False, activation: str = "relu",
+                 layer_norm: bool = False, generator: torch.Generator | None = None) -> None:
         super().__init__()
+        if activation not in ("relu", "crelu"):
+            raise ValueError(f"ResNet-18 takes activation 'relu' or 'crelu', got {activation!r}")
         self.channels_last = channels_last
+        self.outputs_per_unit = outputs_per_unit(activation)
         self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         set_init(self.stem, InitSpec.kaiming_normal_fan_out(width * 9), generator)
-        self.stem_bn = nn.BatchNorm2d(width)
+        self.stem_bn = _norm2d(width, layer_norm)
         self.stem_relu = nn.ReLU()
         blocks = []
         in_planes = width
@@ -245,7 +332,8 @@ class ResNet18(PlasticNetwork):
             planes = width * mult
             for j in range(2):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(in_planes, planes, stride, generator))
+                blocks.append(BasicBlock(in_planes, planes, stride, generator, activation=activation,
+                                         layer_norm=layer_norm))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -280,7 +368,8 @@ class ResNet18(PlasticNetwork):
 
     def cbp_groups(self) -> list[UnitGroup]:
         groups = [
-            UnitGroup(f"blocks.{i}.conv1", b.conv1, b.relu1, (Consumer(b.conv2),), batchnorm=b.bn1)
+            UnitGroup(f"blocks.{i}.conv1", b.conv1, _hook_point(b.relu1), (Consumer(b.conv2, self.outputs_per_unit),),
+                      batchnorm=b.bn1)
             for i, b in enumerate(self.blocks)
         ]
         last = self.blocks[-1]
@@ -350,12 +439,13 @@ def build_network(config: LearnerConfig, spec: dict[str, Any],
         raise ValueError(f"network.dropout is only defined for mlp and convnet, not {nc.kind}")
     if nc.kind == "mlp":
         return MLP(n_in, nc.hidden, n_out, activation=nc.activation, leaky_slope=nc.leaky_slope,
-                   dropout=nc.dropout, generator=generator)
+                   dropout=nc.dropout, layer_norm=nc.layer_norm, generator=generator)
     if nc.kind == "linear":
         return LinearNet(n_in, n_out, generator=generator)
     channels, side, last = image_layout(spec["x_shape"])
     if nc.kind == "convnet":
         return ConvNet(n_out, in_channels=channels, image_size=side, channels_last=last,
-                       dropout=nc.dropout, generator=generator)
+                       dropout=nc.dropout, activation=nc.activation, layer_norm=nc.layer_norm,
+                       generator=generator)
     return ResNet18(n_out, width=nc.width, in_channels=channels, channels_last=last,
-                    generator=generator)
+                    activation=nc.activation, layer_norm=nc.layer_norm, generator=generator)

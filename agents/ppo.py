@@ -416,7 +416,7 @@ class PPOAgent:
         return self.policy
 
     def diagnostics(self, probe_observations: np.ndarray | None = None) -> dict[str, Any]:
-        """The RL metrics of the policy (SPEC §4, Extended Data Fig. 5c), on ``probe_observations``
+        """The RL metrics of the policy (the metrics definitions (docs/metrics.md), Extended Data Fig. 5c), on ``probe_observations``
         (default: the observations of the last rollout learned from):
 
         ``dormant_pct`` (% of the policy's hidden units active on ≤ 1% of the probe),

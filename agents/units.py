@@ -72,8 +72,8 @@ def get_init(module: nn.Module) -> InitSpec:
 @torch.no_grad()
 def reset_module_parameters(module: nn.Module, generator: torch.Generator | None = None) -> None:
     """Redraw a module's parameters from its recorded initial distribution (bias zero; a
-    BatchNorm: γ=1, β=0, running statistics reset)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    normalisation layer: γ=1, β=0, BatchNorm's running statistics reset)."""
+    if isinstance(module, NORM_TYPES):
         module.reset_parameters()
         return
     spec = get_init(module)
@@ -83,6 +83,10 @@ def reset_module_parameters(module: nn.Module, generator: torch.Generator | None
         module.bias.zero_()
 
 
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+"""The normalisation layers a unit group may have (a learned scale and shift per unit)."""
+
+
 # Above this many elements, |w| is summed a cache-sized block at a time: w.abs() of a 3×2000 net's
 # 2000×2000 layer would write and re-read a 16 MB temporary at every step.
 ABS_SUM_BLOCK = 1 << 18
@@ -90,8 +94,10 @@ ABS_SUM_BLOCK = 1 << 18
 
 def batched_abs_sum(w: torch.Tensor, dim: int) -> torch.Tensor:
     """Σ |w| over ``dim`` (1 or 2) of a (N, out, in) stack of weight matrices (CBP's outgoing and
-    incoming magnitudes), without a full-size temporary for large layers."""
-    if w.numel() <= 2 * ABS_SUM_BLOCK:
+    incoming magnitudes), on the CPU without a full-size temporary for large layers. On an
+    accelerator one fused pass: blocks there cost a kernel launch each (profiled on an H200: 63
+    reductions per step made CBP on a 3×2000 net 3× slower than backprop)."""
+    if w.numel() <= 2 * ABS_SUM_BLOCK or not w.is_cpu:
         return w.abs().sum(dim)
     step = max(1, ABS_SUM_BLOCK // (w.shape[0] * w.shape[dim]))
     if dim == 2:  # sum over ``dim`` a block of the other axis at a time
@@ -107,9 +113,9 @@ def batched_abs_sum(w: torch.Tensor, dim: int) -> torch.Tensor:
 class Consumer:
     """A layer that reads the group's units.
 
-    For an ``nn.Linear`` the units are ``positions`` consecutive input columns each (a conv
-    channel flattened into a linear layer owns all its ``H·W`` spatial columns); for an
-    ``nn.Conv2d`` unit ``i`` is input channel ``i``.
+    Each unit owns ``positions`` consecutive inputs of the layer: columns of an ``nn.Linear`` (a
+    conv channel flattened into a linear layer owns all its ``H·W`` spatial columns; a CReLU
+    unit its 2 outputs, or ``2·H·W``), input channels of an ``nn.Conv2d`` (2 for a CReLU unit).
     """
 
     module: nn.Module
@@ -117,9 +123,7 @@ class Consumer:
 
     def view(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like the consumer's weight, viewed as (out, units, rest)."""
-        if isinstance(self.module, nn.Linear):
-            return t.view(t.shape[0], t.shape[1] // self.positions, self.positions)
-        return t.view(t.shape[0], t.shape[1], -1)
+        return t.view(t.shape[0], t.shape[1] // self.positions, -1)
 
     def weight_view(self) -> torch.Tensor:
         """The consumer weight viewed as (out, units, rest) so unit slices are ``[:, i]``."""
@@ -143,7 +147,9 @@ class UnitGroup:
         activation: the module whose output is the unit's value h (hooked by CBP); unit dim 1.
         consumers: every layer that reads the units. It must be *all* of them: a unit that also
             feeds a skip path must not be declared.
-        batchnorm: BatchNorm applied to the producer's output before the activation, if any.
+        batchnorm: the normalisation layer (BatchNorm, LayerNorm over the units, or
+            GroupNorm) applied to the producer's output before the activation, if any; its
+            per-unit scale and shift are reset with the unit.
     """
 
     name: str
@@ -162,8 +168,11 @@ class UnitGroup:
                     f"group {self.name!r}: consumer {type(c.module).__name__} reads {units} units, "
                     f"producer has {self.n_units}"
                 )
-        if self.batchnorm is not None and self.batchnorm.num_features != self.n_units:
-            raise ValueError(f"group {self.name!r}: BatchNorm width differs from the producer")
+        norm = self.batchnorm
+        if norm is not None and (not isinstance(norm, NORM_TYPES) or norm.weight is not None
+                                 and tuple(norm.weight.shape) != (self.n_units,)):
+            raise ValueError(f"group {self.name!r}: the normalisation layer must be a BatchNorm, LayerNorm "
+                             f"or GroupNorm with one scale per unit ({self.n_units})")
 
     def outgoing_magnitude(self) -> torch.Tensor:
         """Σ_k |w_out,k| per unit over all consumers."""
@@ -196,7 +205,8 @@ Slot = tuple[torch.Tensor, Sequence[torch.Tensor]]  # a (R, ...) parameter, its 
 
 def reinit_slices(replica: int, idx: torch.Tensor, *, incoming: Slot, bias: Slot | None,
                   outgoing: Sequence[tuple[Slot, torch.Tensor | None]], spec: InitSpec,
-                  generator: torch.Generator | None, unit_means: torch.Tensor | None = None) -> None:
+                  generator: torch.Generator | None, unit_means: torch.Tensor | None = None,
+                  norm: tuple[Slot, Slot] | None = None) -> None:
     """The unit surgery of CBP and ReDo, over a replica axis: units ``idx`` of replica ``replica``
     afresh. Used by every network, stacked (the learner core) or not (a replica axis of one).
 
@@ -208,6 +218,8 @@ def reinit_slices(replica: int, idx: torch.Tensor, *, incoming: Slot, bias: Slot
     (the replaced units' expected values ĥ, ``(len(idx),)``) is given: then each consumer's bias
     first gains Σ_i ĥ_i·(unit i's outgoing weights, summed over its positions), which keeps the
     expected output (CBP's next-layer bias correction; a consumer without a bias is left as is).
+    ``norm``: the scale and shift ``(R, units)`` of a normalisation layer between producer and
+    activation, set to 1 and 0 (their optimizer state zeroed).
     Parameters that require gradients must be passed under ``torch.no_grad()``.
     """
     k = idx.numel()
@@ -224,7 +236,12 @@ def reinit_slices(replica: int, idx: torch.Tensor, *, incoming: Slot, bias: Slot
     array = (lambda t: t.detach().numpy()) if numpy else (lambda t: t)  # noqa: E731
     rows = idx.cpu().numpy() if numpy else idx
     array(w)[replica, rows] = array(fresh)
-    for t in (*incoming[1], *((bias[0], *bias[1]) if bias is not None else ())):
+    zeroed = [*incoming[1], *((bias[0], *bias[1]) if bias is not None else ())]
+    if norm is not None:
+        (scale, scale_states), (shift, shift_states) = norm
+        array(scale)[replica, rows] = 1
+        zeroed += [*scale_states, shift, *shift_states]
+    for t in zeroed:
         array(t)[replica, rows] = 0
     for (w_out, states), _ in outgoing:
         for t in (w_out, *states):
@@ -235,7 +252,8 @@ def reinit_slices(replica: int, idx: torch.Tensor, *, incoming: Slot, bias: Slot
 def reinit_units(group: UnitGroup, idx: torch.Tensor, *, optimizer: torch.optim.Optimizer | None,
                  generator: torch.Generator | None, unit_means: torch.Tensor | None = None) -> None:
     """Re-initialise units ``idx`` (1-D long tensor) of ``group``, as :func:`reinit_slices` says,
-    and reset the units' BatchNorm channel if the group has one."""
+    with the units' normalisation scale and shift (and BatchNorm's running statistics) reset if
+    the group has a normalisation layer."""
     def slot(param: torch.Tensor, view: Any = None) -> Slot:
         view = view or (lambda t: t)
         return view(param)[None], [view(s)[None] for s in optimizer_states(optimizer, param)]
@@ -244,15 +262,11 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, *, optimizer: torch.optim.
     bias = getattr(prod, "bias", None)
     outgoing = [(slot(c.module.weight, c.view), None if getattr(c.module, "bias", None) is None
                  else c.module.bias[None]) for c in group.consumers]
-    reinit_slices(0, idx, incoming=slot(prod.weight), bias=None if bias is None else slot(bias),
-                  outgoing=outgoing, spec=get_init(prod), generator=generator, unit_means=unit_means)
     bn = group.batchnorm
-    if bn is not None and idx.numel():
-        if bn.weight is not None:
-            bn.weight[idx] = 1
-            bn.bias[idx] = 0
-            zero_optimizer_slices(optimizer, bn.weight, (idx,))
-            zero_optimizer_slices(optimizer, bn.bias, (idx,))
-        if bn.running_mean is not None:
-            bn.running_mean[idx] = 0
-            bn.running_var[idx] = 1
+    affine = bn is not None and bn.weight is not None
+    reinit_slices(0, idx, incoming=slot(prod.weight), bias=None if bias is None else slot(bias),
+                  outgoing=outgoing, spec=get_init(prod), generator=generator, unit_means=unit_means,
+                  norm=(slot(bn.weight), slot(bn.bias)) if affine else None)
+    if bn is not None and idx.numel() and getattr(bn, "running_mean", None) is not None:
+        bn.running_mean[idx] = 0
+        bn.running_var[idx] = 1

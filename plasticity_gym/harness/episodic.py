@@ -406,7 +406,7 @@ class EpisodicLanes:
                 continue
             log.add_diagnosis({k: v for k, v in values.items() if k not in _COUNTERS})
 
-    def probe(self, size: int) -> list[dict[str, float | None] | None]:
+    def probe(self, size: int, differentiate: bool = True) -> list[dict[str, float | None] | None]:
         return [None] * len(self.seeds)  # the lanes diagnose every diagnose_every steps themselves
 
     def recorder(self, metric: str, bin_examples: int | None) -> StepCounter:

@@ -43,8 +43,9 @@ class Lanes(Protocol):
     def step(self) -> tuple[np.ndarray, Mapping[str, Any], int, bool]:
         """Act, step, observe: ``(reward per lane, one lane's info, examples per lane, done)``."""
 
-    def probe(self, size: int) -> list[dict[str, float | None] | None]:
-        """Plasticity metrics per lane on the current task's probe batch (None: no network)."""
+    def probe(self, size: int, differentiate: bool = True) -> list[dict[str, float | None] | None]:
+        """Plasticity metrics per lane on the current task's probe batch (None: no network);
+        ``differentiate``: also the gradient norm and the plasticity score."""
 
     def recorder(self, metric: str, bin_examples: int | None) -> VectorStreamRecorder:
         """A recorder of the lanes' scored batches (``record_many``, ``finish_all``)."""
@@ -113,8 +114,8 @@ class SingleLanes:
         self._reward[0] = reward
         return self._reward, next_info, len(next_info["target"]), terminated or truncated
 
-    def probe(self, size: int) -> list[dict[str, float | None] | None]:
-        return [probe_agent(self.env, self.agent, size)]
+    def probe(self, size: int, differentiate: bool = True) -> list[dict[str, float | None] | None]:
+        return [probe_agent(self.env, self.agent, size, differentiate)]
 
     def recorder(self, metric: str, bin_examples: int | None) -> VectorStreamRecorder:
         return stream_recorder(metric, bin_examples, 1)
@@ -230,13 +231,13 @@ class LockstepLanes:
         return (np.asarray(rewards, dtype=np.float64), self._view(next_info), self._batch,
                 bool(truncated[0]))
 
-    def probe(self, size: int) -> list[dict[str, float | None] | None]:
+    def probe(self, size: int, differentiate: bool = True) -> list[dict[str, float | None] | None]:
         if self._probe_inputs is None or self._probe_inputs.shape[1] != size:
-            x, _ = self.venv.probe_batch(size)
+            x, y = self.venv.probe_batch(size)
             self._probe_inputs = x
         else:
-            x, _ = self.venv.probe_batch(size, out=self._probe_inputs)
-        return list(self._prober(x))
+            x, y = self.venv.probe_batch(size, out=self._probe_inputs)
+        return list(self._prober(x, y, differentiate))
 
     def recorder(self, metric: str, bin_examples: int | None) -> VectorStreamRecorder:
         return stream_recorder(metric, bin_examples, len(self.seeds))
@@ -306,8 +307,8 @@ class ArenaLanes:
         info0 = next_infos[names[0]]
         return self._rewards, info0, len(info0["target"]), not self.arena.agents
 
-    def probe(self, size: int) -> list[dict[str, float | None] | None]:
-        return [probe_agent(self.arena.env_of(n), self.learners[n], size) for n in self.names]
+    def probe(self, size: int, differentiate: bool = True) -> list[dict[str, float | None] | None]:
+        return [probe_agent(self.arena.env_of(n), self.learners[n], size, differentiate) for n in self.names]
 
     def recorder(self, metric: str, bin_examples: int | None) -> VectorStreamRecorder:
         return stream_recorder(metric, bin_examples, len(self.names))

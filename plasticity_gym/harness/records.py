@@ -10,9 +10,13 @@ import numpy as np
 
 import plasticity_gym
 from plasticity_gym.harness._io import sha256_of, to_jsonable
+from plasticity_gym.harness.probes import flatten_numbers, gradient_probe_tasks, plasticity_probe_settings
 from plasticity_gym.harness.resolve import AgentSpec
 from plasticity_gym.harness.result import Result, code_identity, hardware, now_iso, summarize, versions
 from plasticity_gym.harness.schema import SCHEMA_VERSION
+
+__all__ = ["BINNED_METRICS", "PlasticityLog", "agent_record", "build_result", "env_record", "flatten_numbers",
+           "metric_of"]
 
 
 def env_record(env_id: str, env_u: Any) -> dict[str, Any]:
@@ -72,32 +76,25 @@ def metric_of(action_space: gym.Space) -> str:
     raise TypeError(f"unsupported action space for a supervised stream: {action_space}")
 
 
-def flatten_numbers(d: Mapping[str, Any], prefix: str = "") -> dict[str, float | None]:
-    """Nested metric dicts → ``{"layer.metric": value}``, numbers only (non-finite → None)."""
-    out: dict[str, float | None] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_numbers(v, key + "."))
-            continue
-        if hasattr(v, "item") and tuple(getattr(v, "shape", (0,))) == ():
-            v = v.item()  # 0-d tensor / numpy scalar
-        if isinstance(v, (bool, np.bool_)):
-            v = float(v)
-        if isinstance(v, (int, float, np.integer, np.floating)):
-            f = float(v)
-            out[key] = f if np.isfinite(f) else None
-    return out
-
-
 class PlasticityLog:
-    """Probe results of one seed: ``task`` ids and a series per metric name (None-padded)."""
+    """Probe results of one seed: ``task`` ids and a series per metric name (None-padded).
+
+    It also keeps the weights of the last probe (when the probe carries them,
+    :class:`~plasticity_gym.harness.probes.ProbeValues`) and records each probe's
+    ``weight_change`` since then (None at the first). The log travels in checkpoints, so a resumed
+    run measures the same change as an uninterrupted one."""
 
     def __init__(self) -> None:
         self.task: list[int] = []
         self.metrics: dict[str, list[float | None]] = {}
+        self.last_weights: list[Any] | None = None
 
     def add(self, task: int, values: Mapping[str, float | None]) -> None:
+        weights = getattr(values, "weights", None)
+        if weights is not None:
+            previous = getattr(self, "last_weights", None)  # (absent from logs pickled by older code)
+            values = dict(values, weight_change=None if previous is None else _weight_change(previous, weights))
+            self.last_weights = weights
         n = len(self.task)
         for k, v in values.items():
             self.metrics.setdefault(k, [None] * n).append(v)
@@ -108,6 +105,16 @@ class PlasticityLog:
 
     def as_dict(self) -> dict[str, Any]:
         return {"task": list(self.task), "metrics": {k: list(v) for k, v in self.metrics.items()}}
+
+
+def _weight_change(previous: list[Any], current: list[Any]) -> float | None:
+    from plasticity_gym.metrics import weight_change
+
+    try:
+        value = weight_change(previous, current)
+    except ValueError:  # the network changed shape (e.g. a grown head): no change to report
+        return None
+    return value if np.isfinite(value) else None
 
 
 def build_result(
@@ -139,6 +146,9 @@ def build_result(
     }
     if probe_tasks is not None:
         protocol["probe_tasks"] = [int(t) for t in probe_tasks]
+        if probe_tasks:
+            protocol["gradient_probe_tasks"] = gradient_probe_tasks(probe_tasks)
+            protocol["plasticity_probe"] = plasticity_probe_settings()
     protocol.update(extra_protocol or {})
     data = {
         "schema_version": SCHEMA_VERSION,
