@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for set-up and the everyday jobs. Creates ./.venv on first use.
-#   ./dev.sh demo   install, then run a short reference job on the embedded data
+#   ./dev.sh demo   install, then show loss of plasticity: backprop vs CBP, a couple of minutes
 #   ./dev.sh test   install (and Chromium for the browser test, as root), then run the test suite
 #   ./dev.sh bench  install, then run the benchmarks in bench/
 set -euo pipefail
@@ -39,8 +39,8 @@ shift || true
 case "$cmd" in
   demo)
     install
-    "$VENV/bin/plasticity-gym" run SlowRegression-v0 --agent cbp --scale smoke --seeds 3 --out runs/demo.json "$@"
-    "$VENV/bin/plasticity-gym" leaderboard SlowRegression-v0 --scale smoke --include runs/demo.json
+    # backprop vs CBP, 10 seeds: one sentence with the numbers, the figure's path (plasticity-gym demo --help)
+    "$VENV/bin/plasticity-gym" demo "$@"
     ;;
   test)
     install

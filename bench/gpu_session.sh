@@ -24,10 +24,10 @@ timeout ${PYTEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider $XDIST -
 echo "== bench/gpu_check.py"
 timeout ${CHECK_TIMEOUT:-240} python3 bench/gpu_check.py ${CHECK_ONLY:+--only $CHECK_ONLY} 2>&1 | tee "$OUT/gpu_check.txt"
 echo "== plasticity-gym run on cuda"
-timeout 60 plasticity-gym run PermutedMNIST-v0 --agent cbp --scale smoke --seeds 3 --device cuda \
+timeout 60 python3 -m plasticity_gym.harness.cli run PermutedMNIST-v0 --agent cbp --scale smoke --seeds 3 --device cuda \
     --no-progress --out "$OUT/run_cuda.json" 2>&1 | tail -5
-timeout 30 plasticity-gym validate "$OUT/run_cuda.json" 2>&1 | tail -2
-timeout 90 plasticity-gym run AntFriction-v0 --agent ppo-cbp --scale smoke --seeds 2 --device cuda \
+timeout 30 python3 -m plasticity_gym.harness.cli validate "$OUT/run_cuda.json" 2>&1 | tail -2
+timeout 90 python3 -m plasticity_gym.harness.cli run AntFriction-v0 --agent ppo-cbp --scale smoke --seeds 2 --device cuda \
     --no-progress --out "$OUT/ant_cuda.json" 2>&1 | tail -3
 echo "== bench/throughput.py on cuda"
 timeout ${THROUGHPUT_TIMEOUT:-150} python3 bench/throughput.py --quick --windows 3 --device cuda \

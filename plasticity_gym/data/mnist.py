@@ -31,6 +31,8 @@ LABELS_FILE = "train-labels-idx1-ubyte"
 # Relative sub-directories tried under every search root.
 LAYOUTS: tuple[str, ...] = (".", os.path.join("MNIST", "raw"))
 DATA_SOURCES: tuple[str, ...] = ("embedded", "mnist")
+# The official training set: the paper's protocol shows each of these once per task.
+MNIST_TRAIN_SIZE = 60_000
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -152,6 +154,18 @@ def load_mnist_idx(data_dir: str | os.PathLike | None = None, *, download: bool 
     return _load_idx_pair(
         images_path, labels_path, (images_path.stat().st_mtime, labels_path.stat().st_mtime)
     )
+
+
+def check_full_training_set(dataset: ImageDataset, where: str) -> None:
+    """Refuse an IDX pair that is not the 60,000-image MNIST training set where the protocol
+    needs it (``where`` names who asks, and how to opt out)."""
+    if dataset.n_examples != MNIST_TRAIN_SIZE:
+        raise ValueError(
+            f"{where} needs the {MNIST_TRAIN_SIZE:,}-image MNIST training set, but the IDX pair found holds "
+            f"{dataset.n_examples:,} images (sha256 {dataset.data_id['sha256'][:12]}...); point data_dir at "
+            "the full train-images/train-labels files, or pass require_full_set=False to run on these images "
+            "(their count and sha256 are recorded in every result)"
+        )
 
 
 def load_mnist(

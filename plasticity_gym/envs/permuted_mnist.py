@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from plasticity_gym.data.mnist import DATA_SOURCES, ImageDataset, load_mnist
-from plasticity_gym.envs.stream import ROLE_TASK, SupervisedStreamEnv
+from plasticity_gym.data.mnist import DATA_SOURCES, ImageDataset, check_full_training_set, load_mnist
+from plasticity_gym.envs.stream import DEFAULT_SCALE, ROLE_TASK, SupervisedStreamEnv
 
 N_PIXELS = 28 * 28
 N_CLASSES = 10
@@ -53,6 +53,10 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
     * ``data_dir``: directory holding the MNIST IDX files (plain or ``MNIST/raw/`` layout);
       otherwise ``$PLASTICITY_GYM_DATA`` and the user cache directory are searched.
     * ``download``: fetch MNIST with torchvision into the cache if it is missing (default False).
+    * ``require_full_set``: at the ``paper`` scale with ``data="mnist"``, refuse IDX files that
+      are not the 60,000-image training set (default True); ``False`` runs the paper's protocol
+      on whatever the files hold. A guard, not part of the stream: it is not in ``config``; the
+      data actually used is (``data_id``: its image count and sha256).
     * ``n_tasks``: number of tasks (permutations).
     * ``examples_per_task``: ``None`` means the number of images (each shown once per task).
     * ``batch_size``: examples per step; must divide ``examples_per_task``.
@@ -86,6 +90,13 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
     chunk_examples: ClassVar[int] = 1024
     _transient_attrs: ClassVar[tuple[str, ...]] = ("_cached_task", "_permutation", "_order")
 
+    def __init__(self, scale: str = DEFAULT_SCALE, render_mode: str | None = None, *,
+                 require_full_set: bool = True, **kwargs: Any):
+        if not isinstance(require_full_set, bool):
+            raise ValueError(f"require_full_set must be a bool, got {require_full_set!r}")
+        self.require_full_set = require_full_set
+        super().__init__(scale, render_mode, **kwargs)
+
     def _configure(self, config: dict[str, Any]) -> dict[str, Any]:
         if config["data"] not in DATA_SOURCES:
             raise ValueError(f"data={config['data']!r}; expected one of {list(DATA_SOURCES)}")
@@ -105,6 +116,8 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
         n_images = self.dataset.n_examples
         if n_images == 0:
             raise ValueError(f"the {self.dataset.data_id['name']} data set holds no images")
+        if self.scale == "paper" and config["data"] == "mnist" and self.require_full_set:
+            check_full_training_set(self.dataset, "PermutedMNIST-v0 at the paper scale")
 
         examples = config["examples_per_task"]
         examples = n_images if examples is None else self._check_positive_int("examples_per_task", examples)

@@ -47,8 +47,9 @@ class SlowRegressionEnv(SupervisedStreamEnv):
 
     ## Action space
     ``Box(-(n_hidden + 1), n_hidden + 1, (batch_size,), float32)``: the predicted targets. The
-    bounds are the targets' range; a finite prediction outside them is scored as it is, a NaN
-    or infinite one raises ``ValueError``.
+    bounds are the targets' range. A finite prediction outside them is **clipped** to the nearest
+    bound before it is scored (so its error is at most that of the bound: 1e30 scores as 101); a
+    NaN or infinite one raises ``ValueError``. The native vector env scores the same way.
 
     ## Rewards
     Minus the mean squared error of the batch.

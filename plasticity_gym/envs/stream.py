@@ -372,11 +372,13 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
             value = float(values.item())
             if not math.isfinite(value):
                 raise self._action_error(action, f"non-finite value {value}")
-            error = value - target.item()
+            bound = self.target_bound  # a prediction beyond the targets' range is scored clipped to it
+            error = min(max(value, -bound), bound) - target.item()
             return -(error * error)
         values = values.astype(np.float64)
         if not np.isfinite(values).all():
             raise self._action_error(action, "non-finite values (NaN or inf)")
+        np.clip(values, -self.target_bound, self.target_bound, out=values)  # astype made a copy
         errors = values - target
         return -float(errors @ errors) / self.batch_size
 

@@ -59,6 +59,7 @@ class SupervisedStreamVectorEnv(VectorEnv):
 
         self._classification = first.task_kind == "classification"
         self._n_classes = getattr(first, "n_classes", 0)
+        self._bound = float(getattr(first, "target_bound", math.inf))  # regression: predictions clipped to it
         self._chunk_len = first._chunk_len
         self._x_shape = first.x_shape
         self._mask = np.ones(self.num_envs, dtype=bool)
@@ -247,6 +248,8 @@ class SupervisedStreamVectorEnv(VectorEnv):
         # One reduction for the common case; the element-wise check only if the sum is not finite.
         if not math.isfinite(values.sum()) and not np.isfinite(values).all():
             raise ValueError(f"{type(self).__name__}: actions contain NaN or inf; expected {what}")
+        np.minimum(values, self._bound, out=values)  # as the single env: scored clipped to the action space
+        np.maximum(values, -self._bound, out=values)
         errors = values - target
         return np.einsum("ij,ij->i", errors, errors) * (-1.0 / self.batch_size)
 

@@ -8,7 +8,9 @@ resumed run produces the result of an uninterrupted one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -72,8 +74,17 @@ class Checkpoint:
                                   "rng": rng_state(), **state})
 
     def load(self) -> dict[str, Any]:
-        """The saved state; errors when it belongs to another run or another format."""
-        payload = load_pickle(self.path)
+        """The saved state; errors when it is unreadable, or belongs to another run or format."""
+        try:
+            payload = load_pickle(self.path)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError,
+                ValueError) as exc:  # what unpickling a cut-off or overwritten file raises
+            raise ValueError(f"{self.path} is not a readable checkpoint (truncated or corrupt: "
+                             f"{type(exc).__name__}: {exc}); run with --fresh (or delete it) to start "
+                             "over") from None
+        if not isinstance(payload, dict):
+            raise ValueError(f"{self.path} is not a checkpoint of plasticity-gym; run with --fresh (or "
+                             "delete it) to start over")
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{self.path}: checkpoint format {payload.get('format')!r} is not this version's "
                              f"({CHECKPOINT_FORMAT}); delete it to start afresh")
@@ -89,3 +100,29 @@ class Checkpoint:
     def remove(self) -> None:
         if self.path.exists():
             self.path.unlink()
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a file this process can create or replace, checked before any work starts.
+
+    Raises ``ValueError`` naming ``what`` (e.g. ``--out``) and the problem: the path is a
+    directory, a parent is a file, or the nearest existing parent cannot be written. Nothing is
+    left behind (missing parents are created later, by the write itself).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name (e.g. {path / 'result.json'})")
+    parent = path.parent
+    while not parent.exists():  # the nearest existing ancestor decides
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is not a directory (it is a file); choose another path")
+    try:  # root may write where os.access says no, and /proc says yes where nobody can: try it
+        probe = tempfile.mkdtemp(prefix=".plasticity-gym-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot write in {parent} ({exc.strerror or exc}); choose a "
+                         "writable path") from None
+    return path

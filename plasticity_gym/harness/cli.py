@@ -1,7 +1,10 @@
-"""The ``plasticity-gym`` command: run, validate, leaderboard, plot, compare, submit, reference.
+"""The ``plasticity-gym`` command: demo, list, run, validate, verify, leaderboard, plot, compare,
+submit, site, reference, data.
 
 Examples::
 
+    plasticity-gym demo                     # backprop vs CBP: loss of plasticity in a couple of minutes
+    plasticity-gym list                     # the envs with their scales, and the reference agents
     plasticity-gym run SlowRegression-v0 --agent cbp --scale smoke --seeds 3 --out runs/cbp.json
     plasticity-gym run PermutedMNIST-v0 --agent mypkg.agents:make --set lr=0.01 --out runs/mine.json
     plasticity-gym run AntFriction-v0 --agent ppo-cbp --scale cpu --seeds 3   # episodic RL (PPO)
@@ -11,6 +14,7 @@ Examples::
     plasticity-gym leaderboard SlowRegression-v0 --scale smoke --include runs/cbp.json
     plasticity-gym plot runs/cbp.json runs/backprop.json --out fig.png
     plasticity-gym compare SlowRegression-v0 --agents backprop cbp --scale smoke --seeds 3
+    plasticity-gym submit runs/cbp.json     # validate a result and file it under its board
     plasticity-gym reference cpu            # regenerate every cpu reference entry, tables, figures
 """
 
@@ -21,13 +25,15 @@ import json
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 from plasticity_gym.harness.cliargs import add_episodic_args, add_run_args, add_stream_args, parse_sets
-from plasticity_gym.harness.resolve import AgentProtocolError
+from plasticity_gym.harness.resolve import AgentProtocolError, UserCodeError
 from plasticity_gym.harness.schema import ResultValidationError
 from plasticity_gym.harness.threads import thread_env
+from plasticity_gym.harness.sweep_cli import add_sweep_parser
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
@@ -51,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="backprop vs continual backprop on SlowRegression-v0, 10 seeds: the "
+                       "paper's finding in a couple of minutes, in one sentence and a figure")
+    p.add_argument("--out", default="runs/demo", metavar="DIR",
+                   help="folder for the two result files and the figure (default runs/demo)")
+    p.add_argument("--seeds", type=int, default=10, metavar="N", help="seeds per agent (default 10)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help=argparse.SUPPRESS)
+    prog.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress line (default: only on a terminal)")
+    p.add_argument("--env-set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # tests: a tiny stream
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="the environments with their scales, and the reference agents")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run an agent over seeds and write a result entry")
     add_run_args(p)
@@ -84,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the Markdown tables into README between the generated-block markers")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("plot", help="draw per-task curves and plasticity metrics of result files")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
+    p = sub.add_parser("plot", help="draw per-task curves and plasticity metrics of result files, one "
+                       "figure per (env, scale)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="result files (JSON) to draw")
+    p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg); results of several (env, "
+                   "scale) pairs go to one file each, named <stem>-<env>-<scale><suffix>")
     p.add_argument("--title")
     p.set_defaults(func=cmd_plot)
 
@@ -95,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", nargs="+", required=True, metavar="AGENT",
                    help="two or more reference names or module:factory")
     p.add_argument("--set", action="append", metavar="NAME.KEY=VALUE",
-                   help="override for one learner, e.g. cbp.replacement_rate=1e-4")
+                   help="config override for one learner: its name, then the run's --set key, e.g. "
+                   "cbp.cbp.replacement_rate=1e-4 (learner cbp, key cbp.replacement_rate)")
     p.add_argument("--out-dir", help="also write each agent's result entry here")
     add_episodic_args(p)
     p.set_defaults(func=cmd_compare)
@@ -148,19 +173,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
     p.add_argument("--name", help="file name of the entry (default <agent>-<config hash>)")
     p.set_defaults(func=cmd_submit)
+
+    add_sweep_parser(sub)
     return parser
 
 
 # --------------------------------------------------------------------------- commands
+class CLIError(Exception):
+    """A mistake in the command line: printed as one line, exit status 2."""
+
+
+def _check_env_id(env_id: str) -> None:
+    """An env id that Gymnasium can make (importing a ``module:`` prefix), or a one-line error."""
+    import gymnasium as gym
+
+    from plasticity_gym.harness.resolve import import_user_module
+
+    module, colon, name = env_id.rpartition(":")
+    if colon:
+        import_user_module(module, f"env {env_id!r}")
+    try:
+        gym.spec(name)
+    except gym.error.Error as exc:
+        raise CLIError(f"unknown env {env_id!r} ({exc}); `plasticity-gym list` shows the envs, or give your "
+                       "own as module:EnvId") from None
+
+
+def _check_agents(agents: Sequence[str]) -> None:
+    """Import every ``module:factory`` agent now: a missing or broken module is said before any work."""
+    from plasticity_gym.harness.resolve import load_factory
+
+    for agent in agents:
+        if ":" in agent:
+            load_factory(agent)
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """The numeric options of run/compare, before any work."""
+    rules = [("seeds", 1, "--seeds"), ("probe_every", 0, "--probe-every"), ("probe_size", 1, "--probe-size"),
+             ("bin_examples", 1, "--bin-examples"), ("checkpoint_every", 0, "--checkpoint-every"),
+             ("steps", 1, "--steps"), ("diagnose_every", 1, "--diagnose-every"), ("threads", 1, "--threads")]
+    for dest, low, flag in rules:
+        value = getattr(args, dest, None)
+        if value is not None and value < low:
+            extra = " (0 disables checkpoints)" if dest == "checkpoint_every" else (
+                " (0 disables probes)" if dest == "probe_every" else "")
+            raise CLIError(f"{flag} must be >= {low}{extra}, got {value}")
+
+
+def _checkpoint_plan(args: argparse.Namespace, ckpt: Path | None) -> None:
+    """Refuse to overwrite an interrupted run's checkpoint unless told what to do with it."""
+    if ckpt is None:
+        return
+    exists = ckpt.exists()
+    if args.resume and not exists:
+        print(f"plasticity-gym: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
+    elif exists and args.fresh:
+        ckpt.unlink()
+        print(f"plasticity-gym: deleted the checkpoint {ckpt} (--fresh); starting from the beginning",
+              file=sys.stderr)
+    elif exists and not args.resume:
+        raise CLIError(f"checkpoint {ckpt} exists (an interrupted run): add --resume to continue it, or "
+                       "--fresh to delete it and start over")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness.checkpoint import check_writable
     from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
     from plasticity_gym.harness.evaluate import evaluate
 
+    # Everything that can be checked is checked before any work.
+    _check_counts(args)
+    _check_env_id(args.env_id)
+    _check_agents([args.agent])
     agent_slug = args.agent.split(":")[-1].replace("/", "-")
     out = Path(args.out or f"runs/{args.env_id.split(':')[-1]}-{agent_slug}-{args.scale}.json")
     ckpt = None if args.checkpoint_every == 0 else Path(args.checkpoint or f"{out}.ckpt")
-    if args.resume and (ckpt is None or not ckpt.exists()):
-        print(f"plasticity-gym: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
+    check_writable(out, "--out")
+    if ckpt is not None:
+        check_writable(ckpt, "--checkpoint")
+    _checkpoint_plan(args, ckpt)
     if is_episodic_env(args.env_id):
         if args.lockstep == "on":
             raise ValueError("--lockstep on is for supervised streams; an episodic run steps every seed's "
@@ -190,6 +282,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     return _report_written(out, result)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness.demo import ENV_KWARGS, run_demo
+
+    if args.seeds < 1:
+        raise CLIError(f"--seeds must be >= 1, got {args.seeds}")
+    env_kwargs = {**ENV_KWARGS, **parse_sets(args.env_set, "--env-set", nest=False)}
+    outcome = run_demo(args.out, seeds=args.seeds, env_kwargs=env_kwargs, progress=args.progress,
+                       threads=args.threads, echo=lambda line: print(line, flush=True))
+    print()
+    print(outcome.finding)
+    print(f"figure: {outcome.figure}")
+    return 0
+
+
+def _env_scales(env_id: str) -> tuple[list[str], str]:
+    """The named scales of a registered env and the first line of its description."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    entry = gym.spec(env_id).entry_point
+    try:
+        cls = load_env_creator(entry) if isinstance(entry, str) else entry
+    except Exception as exc:  # noqa: BLE001 - e.g. MuJoCo missing: still list the id
+        return [], f"(cannot be loaded here: {exc})"
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return list(getattr(cls, "scales", {})), doc[0] if doc else ""
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import plasticity_gym  # noqa: F401 - registers the ids
+    import plasticity_gym_agents as reference
+    from plasticity_gym.registration import BUILT_ENV_IDS, EPISODIC_ENV_IDS
+
+    print("Environments (--scale; the default is cpu):")
+    width = max(map(len, BUILT_ENV_IDS))
+    for env_id in BUILT_ENV_IDS:
+        scales, about = _env_scales(env_id)
+        kind = "episodic RL" if env_id in EPISODIC_ENV_IDS else "supervised stream"
+        print(f"  {env_id.ljust(width)}  {', '.join(scales) or '-':<18}  {kind}: {about}")
+    print("Reference agents (--agent):")
+    print(f"  supervised streams: {', '.join(reference.AGENT_NAMES)}")
+    print(f"  episodic RL envs (and any Gymnasium env with a continuous action space): "
+          f"{', '.join(reference.RL_AGENT_NAMES)}")
+    print("Your own: --agent module:factory, env module:EnvId (see docs/design.md)")
+    return 0
 
 
 def _report_written(out: Path, result: Any) -> int:
@@ -265,6 +404,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     paths: list[Path] = [board_dir] if board_dir.is_dir() else []
     paths += [Path(p) for p in args.include]
     entries = boards.load_entries(paths, full_check=args.include)
+    if args.env_id or args.scale:
+        # An included file the filter hides is said, not silently dropped.
+        included = {f.resolve() for f in boards.entry_files(args.include)}
+        shown = " ".join(x for x in (args.env_id, f"--scale {args.scale}" if args.scale else None) if x)
+        for path, res in entries:
+            if path.resolve() in included and ((args.env_id and res.env_id != args.env_id)
+                                               or (args.scale and res.scale != args.scale)):
+                print(f"plasticity-gym: note: {path} is {res.env_id} at scale {res.scale}: not shown under "
+                      f"{shown}", file=sys.stderr)
     markdown = args.markdown or bool(args.update_readme)
     rel = Path(args.update_readme).parent if args.update_readme else None
     text = boards.render(entries, env_id=args.env_id, scale=args.scale, markdown=markdown, relative_to=rel)
@@ -277,30 +425,47 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from plasticity_gym.harness.plot import plot_results
+    from plasticity_gym.harness.plot import figure_key, plot_figures
     from plasticity_gym.harness.result import Result
 
-    out = plot_results([Result.load(f) for f in args.files], args.out, title=args.title)
-    print(f"wrote {out}")
+    results = [Result.load(f) for f in args.files]
+    for path in plot_figures(results, args.out, title=args.title):
+        print(f"wrote {path}")
+    if len({figure_key(r) for r in results}) > 1:
+        print("(one figure per env and scale)")
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
-    from plasticity_gym.harness.headtohead import compare, learner_names, rank
-
-    names = learner_names(args.agents)
+def compare_overrides(items: Sequence[str] | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``compare --set NAME.KEY=VALUE`` items → overrides per learner name (KEY as ``run --set``'s)."""
     overrides: dict[str, dict[str, Any]] = {}
-    for item in args.set or ():
+    for item in items or ():
         name, dot, rest = item.partition(".")
         if not dot or name not in names:
-            raise SystemExit(f"plasticity-gym: error: --set for compare is NAME.KEY=VALUE with NAME one of {names}")
+            raise CLIError(f"--set for compare is NAME.KEY=VALUE with NAME one of {list(names)} (e.g. "
+                           f"cbp.cbp.replacement_rate=1e-4), got {item!r}")
         merged = overrides.setdefault(name, {})
         for k, v in parse_sets([rest], "--set").items():
             if isinstance(v, dict) and isinstance(merged.get(k), dict):
                 merged[k].update(v)
             else:
                 merged[k] = v
+    return overrides
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
+    from plasticity_gym.harness.headtohead import compare, learner_names, rank
+
+    _check_counts(args)
+    _check_env_id(args.env_id)
+    _check_agents(args.agents)
+    names = learner_names(args.agents)
+    overrides = compare_overrides(args.set, names)
+    if args.out_dir:
+        from plasticity_gym.harness.checkpoint import check_writable
+
+        check_writable(Path(args.out_dir) / "x.json", "--out-dir")
     if is_episodic_env(args.env_id):
         # No arena for episodes: each agent runs the same seeds (the same friction schedules and
         # initial states), then the results are ranked with paired differences over seeds.
@@ -414,17 +579,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Before torch is imported: OpenMP reads its variables when it starts.
         os.environ.update(thread_env(args.threads))
     args.command_line = shlex.join(["plasticity-gym", *argv])
+    import gymnasium as gym
+
+    from plasticity_gym.harness.plot import PlotDependencyError
+
     try:
         return int(args.func(args) or 0)
     except ResultValidationError as exc:
         print(f"plasticity-gym: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, AgentProtocolError, FileNotFoundError) as exc:
+    except UserCodeError as exc:
+        print(f"plasticity-gym: error: {exc}\n{_users_traceback(exc.__cause__)}", file=sys.stderr, end="")
+        return 2
+    except (CLIError, ValueError, AgentProtocolError, PlotDependencyError, gym.error.Error) as exc:
         print(f"plasticity-gym: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder: say which, and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"plasticity-gym: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nplasticity-gym: interrupted", file=sys.stderr)
         return 130
+
+
+def _users_traceback(exc: BaseException | None) -> str:
+    """``exc``'s traceback from the first frame of the user's own code (no importlib, no
+    plasticity-gym frames): their error, where they can fix it."""
+    if exc is None:
+        return ""
+    te = traceback.TracebackException.from_exception(exc)
+    ours = (str(Path(__file__).resolve().parents[1]), "<frozen importlib", "importlib/__init__")
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not f.filename.startswith(ours)
+                                                 and "importlib" not in f.filename])
+    return "".join(te.format())
 
 
 if __name__ == "__main__":

@@ -83,13 +83,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="agent config override, dotted keys nest (optimizer.lr=0.003); the value is a JSON "
                    "literal when it parses; a module:factory agent gets them as keyword arguments")
     p.add_argument("--out", help="result file (default runs/<env>-<agent>-<scale>.json)")
-    p.add_argument("--bin-examples", type=int, help="bin width of the binned error (episodic envs: of the "
-                   "binned return, in env steps; default 40000, narrowed on short streams)")
+    p.add_argument("--bin-examples", type=int, metavar="N", help="bin width of the binned error, >= 1 (episodic "
+                   "envs: of the binned return, in env steps; default 40000, narrowed on short streams)")
     p.add_argument("--checkpoint", help="checkpoint file (default <out>.ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=100_000, metavar="N",
                    help="examples (episodic envs: env steps per seed) between checkpoints; 0 disables "
                         "checkpoints (default 100000)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
+    again.add_argument("--fresh", action="store_true", help="delete an existing checkpoint and start over (a "
+                       "run refuses to start over an existing checkpoint without --resume or --fresh)")
     p.add_argument("--lockstep", choices=["auto", "on", "off"], default="auto",
                    help="run the seeds of a reference MLP agent as one batched computation on the "
                         "env's native vector env (auto: whenever supported and seeds > 1)")

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
-from plasticity_gym.harness.checkpoint import Checkpoint
+from plasticity_gym.harness.checkpoint import Checkpoint, check_writable
 from plasticity_gym.harness.lanes import LockstepLanes, SingleLanes, make_env
 from plasticity_gym.harness.loop import Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
@@ -82,13 +82,16 @@ def evaluate(
         probe_size: examples in the probe batch (2,000, as in the paper).
         bin_examples: bin width of the binned error (regression); default 40,000, narrowed
             on streams too short for 10 bins.
-        checkpoint: path of the checkpoint file; ``None`` disables checkpointing.
-        checkpoint_every: examples between checkpoints (also written at each seed's end).
+        checkpoint: path of the checkpoint file; ``None`` disables checkpointing. An existing
+            checkpoint is never overwritten: without ``resume`` the run refuses to start (delete
+            the file to start over).
+        checkpoint_every: examples between checkpoints (also written at each seed's end), >= 1.
         resume: continue from ``checkpoint`` if it exists (the result equals that of an
             uninterrupted run).
         progress: show a progress line; default: only on a terminal and not under CI.
         command: the command recorded in the result (default: a description of this call).
-        out: if given, the result is validated and written there atomically.
+        out: if given, the result is validated and written there atomically. ``out`` and
+            ``checkpoint`` are checked before any work (not a directory, a writable place).
         lockstep: ``"auto"`` runs several seeds of a reference MLP agent as one batched
             computation on the env's native vector env when both support it (same result as
             the sequential path to float tolerance, many times faster); ``"on"`` requires it
@@ -102,6 +105,16 @@ def evaluate(
         raise ValueError("probe_every must be >= 0 (or None for the default) and probe_size >= 1")
     if lockstep not in ("auto", "on", "off"):
         raise ValueError(f"lockstep must be 'auto', 'on' or 'off', got {lockstep!r}")
+    if bin_examples is not None and (isinstance(bin_examples, bool) or int(bin_examples) < 1):
+        raise ValueError(f"bin_examples must be >= 1 (or None for the default), got {bin_examples!r}")
+    if isinstance(checkpoint_every, bool) or int(checkpoint_every) < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 examples, got {checkpoint_every!r} (to disable "
+                         "checkpoints, pass checkpoint=None)")
+    # Before any work: a bad path must not cost a whole run.
+    if out is not None:
+        check_writable(out, "out")
+    if checkpoint is not None:
+        check_writable(checkpoint, "checkpoint")
     if threads is not None:
         set_threads(threads)
     dev = resolve_device(device)
@@ -136,7 +149,7 @@ def evaluate(
     t_start = time.perf_counter()
     output = run_segments(
         env_id, segments, probe_every=probe_every, probe_size=probe_size, bin_examples=bin_examples,
-        checkpoint=ckpt, checkpoint_every=max(1, int(checkpoint_every)), resume=resume,
+        checkpoint=ckpt, checkpoint_every=int(checkpoint_every), resume=resume,
         show_progress=progress_wanted() if progress is None else progress,
     )
     rec = output.records

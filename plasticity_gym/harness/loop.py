@@ -10,6 +10,7 @@ holds the finished segments and the one in progress, so a resumed run equals an 
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -80,7 +81,7 @@ def drive(lanes: Lanes, st: LoopState, schedule: ProbeSchedule, *, bar: Progress
         if probing and (info["next_task_boundary"] or st.last_probed_task < 0):
             task = int(info["next_task_id"])
             if schedule.due(task, st.last_probed_task):
-                for log, values in zip(st.logs, lanes.probe(schedule.size)):
+                for log, values in zip(st.logs, lanes.probe(schedule.size, schedule.differentiates(task))):
                     if values is not None:
                         log.add(task, values)
                 st.last_probed_task = task
@@ -120,11 +121,23 @@ def run_segments(
     finished: list[list[tuple[tuple[str | None, int], dict[str, Any]]]] = []
     records: RunRecords | None = None
     current = None
+    if checkpoint is not None and checkpoint.exists() and not resume:
+        # Overwriting it would silently throw away an interrupted run's work.
+        raise ValueError(f"checkpoint {checkpoint.path} exists (an interrupted run): pass resume=True "
+                         "(--resume) to continue it, or delete it (--fresh) to start over")
     if resume and checkpoint is not None and checkpoint.exists():
         payload = checkpoint.load()
         finished, records, current = payload["finished"], payload["records"], payload["current"]
         if current is None:  # stopped between segments: the next one starts from these RNGs
             set_rng_state(payload["rng"])
+        # Said whether or not a progress line is shown: a resumed run must never look fresh.
+        if len(finished) < len(segments):
+            at = f" at example {current[0].examples:,}" if current is not None else ""
+            nxt = f"; continuing {segments[len(finished)].label.strip()}{at}"
+        else:
+            nxt = "; every part is done"
+        print(f"resuming from {checkpoint.path}: {len(finished)} of {len(segments)} parts of the run "
+              f"finished{nxt}", file=sys.stderr, flush=True)
 
     def save(st: LoopState | None, lanes: Lanes | None) -> None:
         if checkpoint is not None:

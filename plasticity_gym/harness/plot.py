@@ -77,15 +77,54 @@ def _band(ax, x, m, label, color, marker: str | None = None) -> None:
         ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0)
 
 
-def plot_results(results: Sequence[Result], out: str | Path, *, title: str | None = None) -> Path:
-    """Draw ``results`` to ``out`` (PNG/PDF/SVG by extension), written atomically."""
-    import matplotlib
+class PlotDependencyError(ImportError):
+    """matplotlib is not installed (it is the ``plot`` extra)."""
 
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotDependencyError("plotting needs matplotlib: pip install 'plasticity-gym[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure_key(res: Result) -> tuple[str, str]:
+    """Entries drawn on one figure share this: (env id, scale)."""
+    return res.env_id, res.scale
+
+
+def plot_figures(results: Sequence[Result], out: str | Path, *, title: str | None = None) -> list[Path]:
+    """One figure per (env id, scale) among ``results``: ``out`` itself when there is one,
+    else ``<stem>-<env id>-<scale><suffix>`` beside it for each. Returns the files written."""
     if not results:
         raise ValueError("nothing to plot")
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for res in results:
+        groups.setdefault(figure_key(res), []).append(res)
+    out = Path(out)
+    if len(groups) == 1:
+        return [plot_results(results, out, title=title)]
+    return [
+        plot_results(group, out.with_name(f"{out.stem}-{env_id.split(':')[-1]}-{scale}{out.suffix}"),
+                     title=f"{title} — {env_id} ({scale})" if title else None)
+        for (env_id, scale), group in sorted(groups.items())
+    ]
+
+
+def plot_results(results: Sequence[Result], out: str | Path, *, title: str | None = None) -> Path:
+    """Draw ``results`` of one env and scale to ``out`` (PNG/PDF/SVG by extension), written
+    atomically (several envs or scales: :func:`plot_figures`)."""
+    if not results:
+        raise ValueError("nothing to plot")
+    keys = sorted({figure_key(r) for r in results})
+    if len(keys) > 1:
+        raise ValueError(f"results of {len(keys)} (env, scale) pairs ({', '.join(f'{e} {s}' for e, s in keys)}): "
+                         "one figure per (env, scale); use plot_figures, which writes one file each")
+    plt = _pyplot()
     metrics = {r.data["protocol"]["metric"] for r in results}
     if len(metrics) > 1:
         raise ValueError("cannot put classification and regression entries on one figure")

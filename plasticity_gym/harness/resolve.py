@@ -36,17 +36,42 @@ class AgentSpec:
     # build_lockstep(obs_space, act_space, seeds, device) -> one learner for every seed.
     lockstep_reason: Callable[..., str | None] | None = None
     build_lockstep: Callable[..., Any] | None = None
+    # Reference supervised agents: config(obs_space, act_space) -> the validated LearnerConfig
+    # (a sweep builds one lockstep learner from several settings' configs).
+    config: Callable[..., Any] | None = None
+
+
+class UserCodeError(Exception):
+    """A user's module (a ``module:factory`` agent, a ``module:EnvId`` env) raised while being
+    imported. The original exception is ``__cause__``: its traceback is the user's to read."""
+
+
+def import_user_module(module_name: str, what: str) -> Any:
+    """Import a user's ``module_name`` for ``what`` (e.g. ``agent 'mine:make'``).
+
+    A module that is not there is a ``ValueError`` saying where it is looked for; a module that
+    is there but fails while importing (its own bug, a missing dependency of its own) raises
+    :class:`UserCodeError` from its own exception, so that the user sees their error, not ours.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ValueError(
+                f"no module named {exc.name!r} (for {what}); run from the folder that holds it, or add "
+                "that folder to PYTHONPATH") from None
+        raise UserCodeError(f"importing {module_name!r} (for {what}) failed; its own error:") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever the user's module raised is theirs to see
+        raise UserCodeError(f"importing {module_name!r} (for {what}) failed; its own error:") from exc
 
 
 def load_factory(spec: str) -> AgentFactory:
-    """Import ``module:attr`` (``attr`` may be dotted) and return it; errors say what failed."""
+    """Import ``module:attr`` (``attr`` may be dotted) and return it; errors say what failed
+    (see :func:`import_user_module`)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"agent factory must be given as module:factory, got {spec!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} for agent {spec!r}: {exc}") from exc
+    obj: Any = import_user_module(module_name, f"agent {spec!r}")
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -138,7 +163,7 @@ def resolve_agent(
         return LockstepLearner(agent, config(observation_space, action_space), observation_space,
                                action_space, seeds=seeds, device=device)
 
-    return AgentSpec(build, "reference", agent, overrides, lockstep_reason, build_lockstep)
+    return AgentSpec(build, "reference", agent, overrides, lockstep_reason, build_lockstep, config)
 
 
 def custom_builder(factory: AgentFactory, overrides: Mapping[str, Any]) -> Callable[..., Any]:

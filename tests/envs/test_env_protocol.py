@@ -247,11 +247,11 @@ def test_bad_actions_are_rejected_clearly(env_id):
     env.step(good)  # the stream survived the refused actions
 
 
-def test_out_of_bounds_regression_prediction_is_scored_as_is():
+def test_out_of_bounds_regression_prediction_is_scored_clipped_to_the_action_space():
     env = make("SlowRegression-v0", batch_size=2).unwrapped
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.array([500.0, -500.0]))
-    expected = -np.mean((np.array([500.0, -500.0]) - info["target"]) ** 2)
+    expected = -np.mean((np.array([101.0, -101.0]) - info["target"]) ** 2)
     assert reward == pytest.approx(expected)
 
 

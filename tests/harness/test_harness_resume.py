@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from plasticity_gym.harness import Result, evaluate
 
@@ -20,7 +21,7 @@ ENV = "SlowRegression-v0"
 ENV_KW = {"n_examples": 20000, "flip_interval": 1000}
 ARGS = ["run", ENV, "--agent", "cbp", "--scale", "smoke", "--seed-list", "3", "4",
         "--env-set", "n_examples=20000", "--env-set", "flip_interval=1000",
-        "--set", "cbp.replacement_rate=0.01", "--checkpoint-every", "500", "--no-progress"]
+        "--set", "cbp.replacement_rate=0.01", "--checkpoint-every", "500", "--no-progress", "--threads", "1"]
 
 
 def _cli(*args, **kw) -> subprocess.Popen:
@@ -69,9 +70,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, lockstep):
     assert resumed.returncode == 0, stderr.decode()
     assert not ckpt.exists()
 
-    reference = evaluate(ENV, "cbp", scale="smoke", seeds=(3, 4), env_kwargs=ENV_KW,
-                         overrides={"cbp": {"replacement_rate": 0.01}}, progress=False,
-                         lockstep=lockstep)
+    # The same torch threads as the CLI runs (float sums may round differently with another
+    # count, and earlier tests may have changed this process's).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = evaluate(ENV, "cbp", scale="smoke", seeds=(3, 4), env_kwargs=ENV_KW,
+                             overrides={"cbp": {"replacement_rate": 0.01}}, progress=False,
+                             lockstep=lockstep)
+    finally:
+        torch.set_num_threads(threads)
     got = Result.load(out)
     assert got.data["protocol"]["execution"] == ("lockstep" if lockstep == "on" else "sequential")
     assert got.comparable() == reference.comparable()
