@@ -25,7 +25,7 @@ from plasticity_gym_agents.cbp_state import UnitStatistics
 from plasticity_gym_agents.config import CBPConfig
 from plasticity_gym_agents.units import UnitGroup, reinit_units
 
-__all__ = ["ActivationCapture", "ContinualBackprop"]
+__all__ = ["ActivationCapture", "ContinualBackprop", "UnitResets"]
 
 
 class ActivationCapture:
@@ -56,6 +56,37 @@ class ActivationCapture:
         if activations is None:
             self.captured.clear()
         return hs
+
+
+class UnitResets:
+    """What ReDo and SNR share on a network's unit groups: the captured unit values, and the
+    re-initialisation (:func:`plasticity_gym_agents.units.reinit_units`, optimizer state included)
+    of the units that a subclass's :meth:`step` decides on."""
+
+    def __init__(self, groups: list[UnitGroup], config: Any, *,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 generator: torch.Generator | None = None, hooks: bool = True) -> None:
+        self.groups = list(groups)
+        self.config = config
+        self.optimizer = optimizer
+        self.generator = generator
+        self.capture = ActivationCapture(self.groups, hooks)
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        raise NotImplementedError
+
+    def _device(self) -> torch.device | str:
+        return self.groups[0].producer.weight.device if self.groups else "cpu"
+
+    def _reinit(self, decisions: Any) -> dict[str, list[int]]:
+        """Re-initialise each ``(layer, _, unit indices)`` of ``decisions``; {group: indices}."""
+        replaced: dict[str, list[int]] = {}
+        for layer, _, idx in decisions:
+            g = self.groups[layer]
+            reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
+            replaced[g.name] = idx.tolist()
+        return replaced
 
 
 class ContinualBackprop:

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from plasticity_gym_agents.arrays import TORCH
-from plasticity_gym_agents.cbp import ActivationCapture
+from plasticity_gym_agents.cbp import UnitResets
 from plasticity_gym_agents.config import ReDoConfig
 from plasticity_gym_agents.optim import along, replica_scalar
-from plasticity_gym_agents.units import UnitGroup, reinit_units
 
 __all__ = ["DormantUnits", "ReDo"]
 
@@ -67,23 +66,14 @@ class DormantUnits:
         self.replacements[:] = state["replacements"]
 
 
-class ReDo:
+class ReDo(UnitResets):
     """ReDo on a network's unit groups: call :meth:`step` after every optimizer update (unit
     values are captured as :class:`plasticity_gym_agents.cbp.ContinualBackprop` captures them)."""
 
-    def __init__(self, groups: list[UnitGroup], config: ReDoConfig, *,
-                 optimizer: torch.optim.Optimizer | None = None,
-                 generator: torch.Generator | None = None, hooks: bool = True) -> None:
-        self.groups = list(groups)
-        self.config = config
-        self.optimizer = optimizer
-        self.generator = generator
-        self.capture = ActivationCapture(self.groups, hooks)
-        self.reset_state()
+    config: ReDoConfig
 
     def reset_state(self) -> None:
-        device = self.groups[0].producer.weight.device if self.groups else "cpu"
-        self.dormant = DormantUnits([g.n_units for g in self.groups], 1, self.config, device)
+        self.dormant = DormantUnits([g.n_units for g in self.groups], 1, self.config, self._device())
         self.capture.captured.clear()
 
     @property
@@ -105,10 +95,4 @@ class ReDo:
     @torch.no_grad()
     def step(self, activations: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
         """One ReDo step after an update. Returns {group: re-initialised unit indices}."""
-        hs = self.capture.values(activations)
-        replaced: dict[str, list[int]] = {}
-        for layer, _, idx in self.dormant.update(hs):
-            g = self.groups[layer]
-            reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
-            replaced[g.name] = idx.tolist()
-        return replaced
+        return self._reinit(self.dormant.update(self.capture.values(activations)))

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from plasticity_gym_agents.cbp import ActivationCapture
+from plasticity_gym_agents.cbp import UnitResets
 from plasticity_gym_agents.config import SNRConfig
-from plasticity_gym_agents.units import UnitGroup, reinit_units
 
 __all__ = ["FiringStatistics", "SelfNormalizedResets", "fired"]
 
@@ -129,23 +128,14 @@ class FiringStatistics:
             self._set_limits(layer)
 
 
-class SelfNormalizedResets:
+class SelfNormalizedResets(UnitResets):
     """SNR on a network's unit groups: call :meth:`step` after every optimizer update (unit values
     are captured as :class:`plasticity_gym_agents.cbp.ContinualBackprop` captures them, or passed)."""
 
-    def __init__(self, groups: list[UnitGroup], config: SNRConfig, *,
-                 optimizer: torch.optim.Optimizer | None = None,
-                 generator: torch.Generator | None = None, hooks: bool = True) -> None:
-        self.groups = list(groups)
-        self.config = config
-        self.optimizer = optimizer
-        self.generator = generator
-        self.capture = ActivationCapture(self.groups, hooks)
-        self.reset_state()
+    config: SNRConfig
 
     def reset_state(self) -> None:
-        device = self.groups[0].producer.weight.device if self.groups else "cpu"
-        self.stats = FiringStatistics([g.n_units for g in self.groups], 1, self.config, device)
+        self.stats = FiringStatistics([g.n_units for g in self.groups], 1, self.config, self._device())
         self.capture.captured.clear()
 
     @property
@@ -162,9 +152,4 @@ class SelfNormalizedResets:
     @torch.no_grad()
     def step(self, activations: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
         """One SNR step after an update. Returns {group: reset unit indices}."""
-        replaced: dict[str, list[int]] = {}
-        for layer, _, idx in self.stats.update(self.capture.values(activations)):
-            g = self.groups[layer]
-            reinit_units(g, idx, optimizer=self.optimizer, generator=self.generator)
-            replaced[g.name] = idx.tolist()
-        return replaced
+        return self._reinit(self.stats.update(self.capture.values(activations)))

@@ -14,14 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import gymnasium as gym
 import torch
+from throughput import lockstep_step  # bench/ is the script's directory, so on sys.path
 from torch.profiler import ProfilerActivity, profile
-
-import plasticity_gym  # noqa: F401  (registers the envs)
-from plasticity_gym.harness.lanes import DeviceStream, mirror_on_device
-from plasticity_gym_agents import resolve_config
-from plasticity_gym_agents.lockstep import LockstepLearner
 
 _SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
              "Memcpy DtoH")
@@ -39,23 +34,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args()
 
-    venv = gym.make_vec(args.env, num_envs=args.seeds, vectorization_mode="vector_entry_point", scale="cpu")
-    osp, asp = venv.single_observation_space, venv.single_action_space
-    config = resolve_config(args.agent, osp, asp, env_id=args.env, scale="cpu",
-                            overrides={"network": {"hidden": args.hidden}})
-    learner = LockstepLearner(args.agent, config, osp, asp, seeds=range(args.seeds), device=args.device)
-    state = dict(zip(("obs", "info"), venv.reset(seed=0)))
-    stream = DeviceStream(venv, learner.device) if mirror_on_device(learner, venv) else None
-
-    def step() -> None:
-        if stream is None:
-            obs, extra = state["obs"], {}
-        else:
-            obs, target = stream.current()
-            extra = {"target": target}
-        actions = learner.act(obs, state["info"])
-        state["obs"], rewards, _, _, state["info"] = venv.step(actions)
-        learner.observe(obs, actions, rewards, dict(state["info"], **extra))
+    learner, step = lockstep_step(args.env, args.agent, {"network": {"hidden": args.hidden}}, args.seeds,
+                                  args.device)
 
     def sync() -> None:
         if args.device == "cuda":

@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -162,11 +163,14 @@ def single_learner(env_id: str, agent: str, overrides: dict, seconds: float) -> 
     return _timed(step, seconds)
 
 
-def lockstep_learner(env_id: str, agent: str, overrides: dict, n_seeds: int, seconds: float) -> Rate:
+def lockstep_step(env_id: str, agent: str, overrides: dict, n_seeds: int,
+                  device: str) -> tuple[LockstepLearner, Callable[[], None]]:
+    """A lockstep learner of ``n_seeds`` on the native vector env, and one step of the two, as
+    ``plasticity-gym run`` drives them (also used by ``bench/profile_step.py``)."""
     venv = gym.make_vec(env_id, num_envs=n_seeds, vectorization_mode="vector_entry_point", scale="cpu")
     osp, asp = venv.single_observation_space, venv.single_action_space
     config = resolve_config(agent, osp, asp, env_id=env_id, scale="cpu", overrides=overrides)
-    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device=DEVICE)
+    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device=device)
     state = dict(zip(("obs", "info"), venv.reset(seed=0)))
     # On an accelerator the stream is mirrored there a block at a time, as `plasticity-gym run` does.
     stream = DeviceStream(venv, learner.device) if mirror_on_device(learner, venv) else None
@@ -181,6 +185,11 @@ def lockstep_learner(env_id: str, agent: str, overrides: dict, n_seeds: int, sec
         state["obs"], rewards, _, _, state["info"] = venv.step(actions)
         learner.observe(obs, actions, rewards, dict(state["info"], **extra))
 
+    return learner, step
+
+
+def lockstep_learner(env_id: str, agent: str, overrides: dict, n_seeds: int, seconds: float) -> Rate:
+    learner, step = lockstep_step(env_id, agent, overrides, n_seeds, DEVICE)
     rate = _timed(step, seconds, warmup=20) * n_seeds  # the warm-up includes any compiling
     return rate._replace(note="compiled" if learner.compiled else "")
 

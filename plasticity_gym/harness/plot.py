@@ -81,7 +81,8 @@ class PlotDependencyError(ImportError):
     """matplotlib is not installed (it is the ``plot`` extra)."""
 
 
-def _pyplot():
+def pyplot():  # noqa: ANN201  (matplotlib.pyplot)
+    """matplotlib.pyplot on the Agg backend, or :class:`PlotDependencyError` naming the extra."""
     try:
         import matplotlib
     except ImportError:
@@ -90,6 +91,18 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out: str | Path) -> Path:  # noqa: ANN001  (a matplotlib Figure)
+    """Lay out ``fig``, write it atomically to ``out`` (format from the suffix, default PNG) and
+    close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    out = Path(out)
+    fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=110)
+    pyplot().close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
 
 
 def figure_key(res: Result) -> tuple[str, str]:
@@ -124,7 +137,7 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     if len(keys) > 1:
         raise ValueError(f"results of {len(keys)} (env, scale) pairs ({', '.join(f'{e} {s}' for e, s in keys)}): "
                          "one figure per (env, scale); use plot_figures, which writes one file each")
-    plt = _pyplot()
+    plt = pyplot()
     metrics = {r.data["protocol"]["metric"] for r in results}
     if len(metrics) > 1:
         raise ValueError("cannot put classification and regression entries on one figure")
@@ -175,10 +188,4 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     flat[0].legend(fontsize=8)
     first = results[0].data["env"]
     fig.suptitle(title or f"{first['id']} (scale {first['scale']}) — mean over seeds, 95% bootstrap band")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    out = Path(out)
-    fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return save_figure(fig, out)

@@ -8,14 +8,13 @@ entry (:func:`plasticity_gym.harness.result.summarize`), so a table is a pure fu
 
 from __future__ import annotations
 
-import io
 import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from plasticity_gym.harness._io import atomic_write_bytes
+from plasticity_gym.harness.plot import save_figure
 from plasticity_gym.harness.records import build_result
 from plasticity_gym.harness.result import Result, summarize
 from plasticity_gym.harness.sweep_plan import Plan, PlannedSetting
@@ -248,11 +247,9 @@ def plot_sweep(summary: SweepSummary, out: str | Path) -> Path:
     """The metric (mean over the search seeds, 95% interval) against each swept hyperparameter,
     one panel per swept key; with several keys, one line per combination of the others. The
     selected setting is starred, with its mean over all its seeds beside it. Needs matplotlib."""
-    import matplotlib
+    from plasticity_gym.harness.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     spec = summary.plan.spec
     keys = spec.swept
     fig, axes = plt.subplots(1, len(keys), figsize=(max(6.4, 5.0 * len(keys)), 4.2), squeeze=False)
@@ -301,13 +298,7 @@ def plot_sweep(summary: SweepSummary, out: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"{spec.name}: {spec.env_id} ({spec.scale}), {spec.agent}\nmean over seeds, 95% Student-t interval",
                  fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    out = Path(out)
-    fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return save_figure(fig, out)
 
 
 def json_key(v: Any) -> str:
