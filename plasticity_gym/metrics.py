@@ -95,7 +95,15 @@ def _singular_values(phi: torch.Tensor) -> torch.Tensor:
     for start in range(0, rows, _BLOCK):
         d = m[:, start:start + _BLOCK].double()
         gram.baddbmm_(d.mT, d)
-    s = torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt().flip(-1)
+    # A diverged network's NaN or infinite values make its Gram matrix non-finite (float32 inputs
+    # cannot overflow a double sum): its singular values are NaN, not an eigensolver error.
+    finite = torch.isfinite(gram).flatten(1).all(1)
+    if bool(finite.all()):
+        s = torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt().flip(-1)
+    else:
+        s = torch.full(gram.shape[:-1], math.nan, dtype=torch.float64, device=phi.device)
+        if bool(finite.any()):
+            s[finite] = torch.linalg.eigvalsh(gram[finite]).clamp_min(0.0).sqrt().flip(-1)
     return s.reshape(*lead, cols)
 
 
@@ -345,6 +353,11 @@ def measure_replicas(
                       list(weights), dormant_threshold)
 
 
+def _whole(x: float) -> int | float:
+    """A count held as a float, as an int (NaN, for a diverged network, stays NaN)."""
+    return x if math.isnan(x) else round(x)
+
+
 def _summaries(
     phis: list[torch.Tensor],
     layers: list[tuple[str, str | None]],
@@ -357,15 +370,20 @@ def _summaries(
     per_layer = []
     for phi in phis:
         s = _singular_values(phi)
+        diverged = s.isnan().any(-1)  # a replica whose representation holds a NaN or an infinity
+
+        def per_replica(values: torch.Tensor) -> list[float]:  # NaN for a diverged replica
+            return values.double().masked_fill(diverged.to(values.device), math.nan).tolist()
+
         counts = _active_counts(phi)
         per_layer.append({
             "units": phi.shape[-1],
-            "dead": _dead_fractions(phi, counts).tolist(),
-            "dormant": _dormant_fractions(phi, dormant_threshold, counts).tolist(),
-            "active": _active_fractions(phi, counts).tolist(),
-            "feature_norm": _feature_norms(phi).tolist(),
-            "effective_rank": _effective_ranks(s).tolist(),
-            "stable_rank": _stable_ranks(s).tolist(),
+            "dead": per_replica(_dead_fractions(phi, counts)),
+            "dormant": per_replica(_dormant_fractions(phi, dormant_threshold, counts)),
+            "active": per_replica(_active_fractions(phi, counts)),
+            "feature_norm": per_replica(_feature_norms(phi)),
+            "effective_rank": per_replica(_effective_ranks(s)),
+            "stable_rank": per_replica(_stable_ranks(s)),
         })
     magnitudes = [None if ws is None else _magnitudes(ws).tolist() for ws in producer_weights]
     network_magnitude = _magnitudes(network_weights).tolist()
@@ -383,14 +401,14 @@ def _summaries(
                 "active_pct": 100.0 * stats["active"][r],
                 "feature_norm": stats["feature_norm"][r],
                 "effective_rank": stats["effective_rank"][r],
-                "stable_rank": int(stats["stable_rank"][r]),
+                "stable_rank": _whole(stats["stable_rank"][r]),
             }
             if mag is not None and producer is not None:
                 entry["producer"] = producer
                 entry["avg_weight_magnitude"] = mag[r]
             entries[name] = entry
-            dead_units += round(dead * units)
-            dormant_units += round(dormant * units)
+            dead_units += _whole(dead * units)
+            dormant_units += _whole(dormant * units)
             active_units += stats["active"][r] * units
             total_units += units
         last = list(entries.values())[-1] if entries else None

@@ -171,3 +171,28 @@ def test_measure_replicas_checks_its_arguments():
         measure_replicas([torch.rand(2, 5, 3)], [torch.rand(2, 3, 4)], layers=[("a", "b"), ("c", "d")])
     default = measure_replicas([torch.rand(2, 5, 3)], [torch.rand(2, 3, 4), torch.rand(2, 1, 3)])
     assert list(default[0]["layers"]) == ["0"] and default[0]["layers"]["0"]["producer"] == "0"
+
+
+def test_a_diverged_network_measures_nan_and_leaves_the_others_alone():
+    """A network whose weights hold a NaN (a diverged run) gets NaN representation metrics, not
+    an eigensolver error, and the other replicas of the same batched probe are unaffected."""
+    from plasticity_gym.metrics import measure_replicas, representation_layers
+
+    nets = _mlps(3)
+    with torch.no_grad():
+        nets[1][2].weight[0, 0] = float("nan")  # replica 1's second hidden layer is all NaN
+    x = torch.randn(300, 6)
+    healthy = measure(nets[0], x)
+    diverged = measure(nets[1], x)
+    assert math.isfinite(diverged["layers"]["1"]["effective_rank"])  # the first layer is fine
+    for k in ("dead_pct", "dormant_pct", "active_pct", "feature_norm", "effective_rank", "stable_rank"):
+        assert math.isnan(diverged["layers"]["3"][k]), k
+    assert math.isnan(diverged["dead_pct"]) and math.isnan(diverged["stable_rank"])
+    with torch.no_grad():
+        h1 = torch.relu(torch.stack([net[0](x) for net in nets]))
+        h2 = torch.relu(torch.stack([net[2](h) for net, h in zip(nets, h1)]))
+    weights = [torch.stack([net[i].weight.detach() for net in nets]) for i in (0, 2, 4)]
+    got = measure_replicas([h1, h2], weights, layers=representation_layers(nets[0], x))
+    assert got[0]["effective_rank"] == pytest.approx(healthy["effective_rank"], rel=1e-6)
+    assert got[0]["stable_rank"] == healthy["stable_rank"]
+    assert math.isnan(got[1]["layers"]["3"]["effective_rank"])
