@@ -89,22 +89,12 @@ class UnitResets:
         return replaced
 
 
-class ContinualBackprop:
+class ContinualBackprop(UnitResets):
     """Utility tracking and selective re-initialisation over declared unit groups.
 
     ``stats[name]``: each group's :class:`~plasticity_gym_agents.cbp_state.UnitStatistics` (one replica);
     ``replacements``: units replaced so far per group; ``steps``: calls of :meth:`step`.
     """
-
-    def __init__(self, groups: list[UnitGroup], config: CBPConfig, *,
-                 optimizer: torch.optim.Optimizer | None = None,
-                 generator: torch.Generator | None = None, hooks: bool = True) -> None:
-        self.groups = list(groups)
-        self.optimizer = optimizer
-        self.generator = generator
-        self.capture = ActivationCapture(self.groups, hooks)
-        self._config = config
-        self.reset_state()
 
     @property
     def config(self) -> CBPConfig:
@@ -114,7 +104,7 @@ class ContinualBackprop:
     def config(self, config: CBPConfig) -> None:
         """A new config takes effect from the next step on."""
         self._config = config
-        for stats in self.stats.values():
+        for stats in getattr(self, "stats", {}).values():  # none yet while __init__ runs
             stats.config = config
 
     def reset_state(self) -> None:
