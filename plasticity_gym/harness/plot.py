@@ -17,15 +17,19 @@ import numpy as np
 from plasticity_gym.harness._io import atomic_write_bytes
 from plasticity_gym.harness.result import Result, bootstrap_band
 
-# Plasticity panels, in order of preference, when the probes recorded them.
+# Plasticity panels, in order of preference, when the probes recorded them (every metric is
+# in the result files; the figure shows the first few).
 _PLASTICITY_PANELS = (
     ("dead_pct", "dead units (%)"),
-    ("dormant_pct", "dormant units (%)"),
     ("avg_weight_magnitude", "average |w|"),
     ("effective_rank", "effective rank"),
+    ("feature_norm", "feature norm, last hidden layer"),
+    ("plasticity_score", "plasticity score (1 − L_after/L_before)"),
+    ("weight_change", "weight change since the last probe"),
+    ("dormant_pct", "dormant units (%)"),
     ("stable_rank", "stable rank"),
 )
-_MAX_PLASTICITY_PANELS = 3
+_MAX_PLASTICITY_PANELS = 6
 _EPISODIC_PANELS = (
     ("dormant_pct", "policy dormant units (%)"),
     ("stable_rank", "stable rank, last hidden layer"),
@@ -48,7 +52,9 @@ def _curve_panels(results: Sequence[Result]) -> list[tuple[str, str, str]]:
     return panels
 
 
-def _plasticity_matrix(res: Result, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _plasticity_matrix(res: Result, key: str, *, keep_gaps: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, seeds × probes) of probe metric ``key``; without ``keep_gaps`` the probes where no seed
+    has a value are left out (metrics measured on every few probes draw as one line)."""
     runs = res.data["runs"]
     if not all(key in r["plasticity"]["metrics"] for r in runs):
         return None
@@ -58,8 +64,11 @@ def _plasticity_matrix(res: Result, key: str) -> tuple[np.ndarray, np.ndarray] |
         vals = r["plasticity"]["metrics"][key]
         m[i, : len(vals)] = [np.nan if v is None else v for v in vals]
     longest = max(runs, key=lambda r: len(r["plasticity"]["task"]))
-    x = longest["plasticity"].get("step", longest["plasticity"]["task"])  # episodic: env steps
-    return np.asarray(x), m
+    x = np.asarray(longest["plasticity"].get("step", longest["plasticity"]["task"]))  # episodic: env steps
+    if not keep_gaps:
+        some = ~np.isnan(m).all(axis=0)
+        x, m = x[some], m[:, some]
+    return (x, m) if m.size else None
 
 
 def _steps_label(value: float, _pos: int) -> str:
@@ -152,6 +161,8 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     nrows = -(-panels // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(results) > len(colors):  # a board of many agents: no two share a colour
+        colors = [plt.get_cmap("tab20")(i) for i in range(20)]
     flat = list(axes.ravel())
     for j, res in enumerate(results):
         color = colors[j % len(colors)]
@@ -164,7 +175,7 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
                     x = (x + 1) * res.data["protocol"]["bin_examples"]
                 _band(ax, x, m, label, color, "o" if episodic else None)
         for ax, (key, _) in zip(flat[len(curves):], plast):
-            got = _plasticity_matrix(res, key)
+            got = _plasticity_matrix(res, key, keep_gaps=episodic)
             if got is not None:
                 # Episodic points may stand alone between gaps (no episode in a bin, no update
                 # between two diagnoses): markers keep them visible.
