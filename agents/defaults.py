@@ -160,12 +160,14 @@ def _class_inc_cifar(scale: str) -> dict[str, dict]:
         "head-reset": {"head_reset": "reinit"},
         "dropout": None,  # not defined for the ResNet (the paper uses none there)
         "cbp": {"cbp": _cifar_cbp(scale)},
-        # ours: L2 Init in place of the base's L2 (weight decay 5e-4), at the same strength.
-        "l2-init": {"optimizer": {"weight_decay": 0.0}, "l2_init": {"strength": 5e-4}},
+        # ours: L2 Init in place of the base's L2 (weight decay 5e-4); λ 1e-4, the best of 1e-4, 5e-4
+        # and 2e-3 (docs/methods/sweeps/class_inc_cifar100_l2_init.md).
+        "l2-init": {"optimizer": {"weight_decay": 0.0}, "l2_init": {"strength": 1e-4}},
         "weight-clip": dict(_WEIGHT_CLIP),  # ours, on the base system
-        # ours: UPGD's own (decoupled) weight decay takes the base's 5e-4; no momentum.
+        # ours: UPGD's own (decoupled) weight decay takes the base's 5e-4; no momentum; σ 1e-4, the
+        # best of 1e-4, 1e-3, 1e-2 (docs/methods/sweeps/class_inc_cifar100_upgd.md).
         "upgd": {"optimizer": {"momentum": 0.0, "weight_decay": 0.0},
-                 "upgd": dict(_UPGD["upgd"], weight_decay=5e-4)},
+                 "upgd": dict(_UPGD["upgd"], weight_decay=5e-4, noise_std=1e-4)},
         "crelu": _CRELU,  # the blocks' inner activations (the skip paths stay ReLU)
         "layernorm": {"network": {"layer_norm": True}},  # GroupNorm(1, C) for every BatchNorm; the base wd 5e-4
         "snr": {"snr": dict(_SNR["snr"])},
