@@ -141,8 +141,9 @@ def _continual_imagenet(scale: str) -> dict[str, dict]:
         # Kumar et al. 2024, Table 4: Continual ImageNet with SGD: λ 1e-3 (on our base optimizer).
         "l2-init": {"l2_init": {"strength": 1e-3}},
         "weight-clip": dict(_WEIGHT_CLIP),
-        # UPGD replaces SGD's step, momentum included: the base step size without momentum (ours).
-        "upgd": {"optimizer": {"momentum": 0.0}, **_UPGD},
+        # UPGD replaces SGD's step, momentum included: no momentum, step size 0.03, the best of 0.01,
+        # 0.03 and 0.1 (ours: docs/methods/sweeps/continual_imagenet_upgd_lr.md).
+        "upgd": {"optimizer": {"momentum": 0.0, "lr": 0.03}, **_UPGD},
         "crelu": _CRELU,
         # ours: λ 1e-4, the best of 0, 3e-6 (the L2 agent's) and 1e-4 (continual_imagenet_layernorm.md).
         "layernorm": _layernorm(1e-4),
@@ -169,8 +170,9 @@ def _class_inc_cifar(scale: str) -> dict[str, dict]:
         "l2-init": {"optimizer": {"weight_decay": 0.0}, "l2_init": {"strength": 1e-4}},
         "weight-clip": dict(_WEIGHT_CLIP),  # ours, on the base system
         # ours: UPGD's own (decoupled) weight decay takes the base's 5e-4; no momentum; σ 1e-4, the
-        # best of 1e-4, 1e-3, 1e-2 (docs/methods/sweeps/class_inc_cifar100_upgd.md).
-        "upgd": {"optimizer": {"momentum": 0.0, "weight_decay": 0.0},
+        # best of 1e-4, 1e-3, 1e-2 (docs/methods/sweeps/class_inc_cifar100_upgd.md); step size 0.3,
+        # the best of 0.1, 0.3 and 1 (class_inc_cifar100_upgd_lr.md).
+        "upgd": {"optimizer": {"momentum": 0.0, "weight_decay": 0.0, "lr": 0.3},
                  "upgd": dict(_UPGD["upgd"], weight_decay=5e-4, noise_std=1e-4)},
         "crelu": _CRELU,  # the blocks' inner activations (the skip paths stay ReLU)
         "layernorm": {"network": {"layer_norm": True}},  # GroupNorm(1, C) for every BatchNorm; the base wd 5e-4
