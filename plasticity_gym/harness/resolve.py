@@ -82,6 +82,13 @@ def load_factory(spec: str) -> AgentFactory:
     return obj
 
 
+def reference_agent_names(kind: str) -> tuple[str, ...]:
+    """The installed reference agents for a ``"supervised"`` stream or an ``"episodic"`` RL env."""
+    import plasticity_gym_agents as reference  # lazy: the harness needs the agents package only for names
+
+    return tuple(getattr(reference, "AGENT_NAMES" if kind == "supervised" else "RL_AGENT_NAMES", ()))
+
+
 def resolve_agent(
     agent: str | AgentFactory,
     *,
@@ -117,8 +124,7 @@ def resolve_agent(
 
     import plasticity_gym_agents as reference  # lazy: the harness needs the agents package only for names
 
-    supervised = tuple(getattr(reference, "AGENT_NAMES", ()))
-    episodic = tuple(getattr(reference, "RL_AGENT_NAMES", ()))
+    supervised, episodic = reference_agent_names("supervised"), reference_agent_names("episodic")
     names, other = (supervised, episodic) if kind == "supervised" else (episodic, supervised)
     if agent in other:
         what, env_kind = (

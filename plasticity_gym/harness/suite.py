@@ -84,8 +84,17 @@ def plan(board_dir: Path, scale: str, *, envs: Sequence[str] | None = None,
         env_id = next((e["env"]["id"] for e in stored.values()), env_dir.name)
         chosen = list(agents) if agents is not None else list(stored)
         from plasticity_gym.harness.episodic import is_episodic_env
+        from plasticity_gym.harness.resolve import reference_agent_names
 
         episodic = is_episodic_env(env_id)
+        if agents is not None:  # a supervised learner has no place on an RL board, nor PPO on a stream
+            other = set(reference_agent_names("supervised" if episodic else "episodic"))
+            wrong = [n for n in chosen if n in other]
+            if wrong and envs:
+                raise ValueError(f"{', '.join(wrong)} cannot run on {env_id} "
+                                 f"({'an episodic RL env' if episodic else 'a supervised stream'}); "
+                                 "leave them out or name other envs")
+            chosen = [n for n in chosen if n not in other]
         for name in chosen:
             entry = stored.get(name)
             agent = entry["agent"]["factory"] if entry else name

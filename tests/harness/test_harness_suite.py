@@ -36,6 +36,17 @@ def test_plan_takes_agents_and_seeds_from_the_stored_entries(tmp_path):
         plan(tmp_path, "smoke", envs=["Nope-v0"])
 
 
+def test_plan_gives_each_board_only_the_named_agents_of_its_kind(tmp_path):
+    """--agents without --env runs each named agent on the boards it fits: supervised learners on
+    the streams, PPO variants on the RL env; naming a board that does not fit is an error."""
+    for env in ("SlowRegression-v0", "AntFriction-v0"):
+        shutil.copytree(REPO / "leaderboards" / env / "smoke", tmp_path / env / "smoke")
+    jobs = plan(tmp_path, "smoke", agents=["l2-init", "ppo"], seeds=2)
+    assert sorted((j.env_id, j.agent) for j in jobs) == [("AntFriction-v0", "ppo"), ("SlowRegression-v0", "l2-init")]
+    with pytest.raises(ValueError, match="l2-init cannot run on AntFriction-v0"):
+        plan(tmp_path, "smoke", envs=["AntFriction-v0"], agents=["l2-init"], seeds=2)
+
+
 def test_regenerate_runs_files_and_redraws(tmp_path, monkeypatch):
     """End to end on a tiny board: two runs side by side, filed, tables and figure redrawn."""
     boards = tmp_path / "boards"
