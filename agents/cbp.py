@@ -59,9 +59,10 @@ class ActivationCapture:
 
 
 class UnitResets:
-    """What ReDo and SNR share on a network's unit groups: the captured unit values, and the
-    re-initialisation (:func:`plasticity_gym_agents.units.reinit_units`, optimizer state included)
-    of the units that a subclass's :meth:`step` decides on."""
+    """What CBP, ReDo and SNR share on a network's unit groups: the constructor, the captured unit
+    values, and the re-initialisation (:func:`plasticity_gym_agents.units.reinit_units`, optimizer
+    state included) of the units that a subclass's :meth:`step` decides on. A subclass builds its
+    statistics in :meth:`reset_state`, which the constructor calls last."""
 
     def __init__(self, groups: list[UnitGroup], config: Any, *,
                  optimizer: torch.optim.Optimizer | None = None,
