@@ -150,6 +150,9 @@ class LockstepLearner:
         self.redo = DormantUnits(widths, self.n, [c.redo for c in self.configs], self.device) if config.redo else None
         self.snr = FiringStatistics(widths, self.n, [c.snr for c in self.configs], self.device) if config.snr else None
         self._deferred = self._deferred_updates()
+        # The bottom layers whose updates are deferred: the train step stops above them (so it
+        # can be compiled), and the rest of the backward pass runs eagerly.
+        self._split = next(i for i in range(len(self.weights) + 1) if i not in self._deferred)
         # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
         # overhead: their forward, backward and SGD step run in numpy on views of the tensors.
         self._numpy = (self.device.type == "cpu" and self._plain_sgd and not self._deferred
@@ -408,10 +411,11 @@ class LockstepLearner:
     def _output_gradient(self, xp: Any, out: Any, y: Any) -> tuple[Any, float]:
         """``(g, c)`` with ``c·g`` = d loss / d output per replica (cross-entropy or torch's
         mse_loss, mean over the batch); the constant ``c`` is folded into the step size."""
-        batch = out.shape[1]
-        if self.classification:
-            return xp.softmax_minus_onehot(out, y), 1.0 / batch
-        return out - y, 2.0 / batch
+        scale = self._loss_scale(out.shape[1])
+        return (xp.softmax_minus_onehot(out, y) if self.classification else out - y), scale
+
+    def _loss_scale(self, batch: int) -> float:
+        return (1.0 if self.classification else 2.0) / batch
 
     def _alpha(self, scale: float) -> Any:
         """The plain-SGD step ``−lr·scale``: a float, or ``(R, 1, 1)`` per replica (float32
@@ -441,16 +445,18 @@ class LockstepLearner:
         return g_pre, (g * xhat).sum(1), g.sum(1)
 
     def _backward(self, xp: Any, weights: list, g: Any, cache: tuple[list, list, list, list], biases: list | None = None,
-                  alpha: Any = None) -> list:
-        """Backpropagate the output gradient ``g``, head first. With ``biases`` and ``alpha``: plain
-        SGD (the paper's runs), w += alpha·gᵀx layer by layer with no gradient tensors (the gradient
-        flows on through the weights as they were before the update). Without: return every
-        parameter's gradient, in w0, b0, w1, b1, ... order (weights (R, out, in)), then the
-        LayerNorm scales' and shifts' (γ0, β0, γ1, ...; LayerNorm takes this path only)."""
+                  alpha: Any = None, *, top: int | None = None, bottom: int = 0) -> Any:
+        """Backpropagate the output gradient ``g`` of layer ``top`` (default: the head) down to
+        layer ``bottom``. With ``biases`` and ``alpha``: plain SGD (the paper's runs), w += alpha·gᵀx
+        layer by layer with no gradient tensors (the gradient flows on through the weights as they
+        were before the update); returns the gradient flowing into layer ``bottom − 1`` (for the
+        rest of the pass). Without: return every parameter's gradient, in w0, b0, w1, b1, ... order
+        (weights (R, out, in)), then the LayerNorm scales' and shifts' (γ0, β0, γ1, ...; LayerNorm
+        takes this path only)."""
         inputs, pres, posts, norms = cache
         grads: list = []
         norm_grads: list = []
-        for i in range(len(weights) - 1, -1, -1):
+        for i in range(len(weights) - 1 if top is None else top, bottom - 1, -1):
             g_prev = xp.bmm(g, weights[i]) if i > 0 else None
             if biases is None:
                 grads[:0] = [torch.bmm(g.transpose(1, 2), inputs[i]), g.sum(1)]
@@ -468,20 +474,22 @@ class LockstepLearner:
                 if norms:
                     g, d_scale, d_shift = self._layer_norm_backward(g, i - 1, norms[2 * i - 2], norms[2 * i - 1])
                     norm_grads[:0] = [d_scale, d_shift]
-        return grads + norm_grads
+        return g if biases is not None else grads + norm_grads
 
     def _train_step(self, out: torch.Tensor, y: torch.Tensor, inputs: list, pres: list,
                     posts: list, norms: list) -> list[torch.Tensor]:
         """One update of every replica — plain SGD straight into the weights, else through the
-        gradients and the optimizer — returning the column |w| sums of the layers CBP reads
-        (``_out_magnitude_layers``). Run as is, or compiled (without deferred layers)."""
+        gradients and the optimizer — returning the gradient flowing into the layers below
+        ``_split`` (updated by the caller: their updates are deferred) and the column |w| sums of
+        the layers CBP reads (``_out_magnitude_layers``). Run as is, or compiled."""
         g, scale = self._output_gradient(TORCH, out, y)
         if self._plain_sgd:
-            self._backward(TORCH, self.weights, g, (inputs, pres, posts, norms), self.biases, self._alpha(scale))
+            g = self._backward(TORCH, self.weights, g, (inputs, pres, posts, norms), self.biases, self._alpha(scale),
+                               bottom=self._split)
         else:
             self._optimizer_step(self._backward(TORCH, self.weights, g.mul_(scale) if scale != 1.0 else g,
                                                 (inputs, pres, posts, norms)))
-        return [batched_abs_sum(self.weights[i], 1) for i in self._out_magnitude_layers]
+        return [g, *(batched_abs_sum(self.weights[i], 1) for i in self._out_magnitude_layers)]
 
     @torch.no_grad()
     def _learn(self, out: Any, cache: tuple[list, list, list, list], target: Any) -> None:
@@ -493,7 +501,11 @@ class LockstepLearner:
             self._backward(NUMPY, self._np[0], g, cache, self._np[1], self._alpha(scale))
             posts = [torch.from_numpy(h) for h in posts]  # for CBP / ReDo, zero-copy
         else:
-            magnitudes = dict(zip(self._out_magnitude_layers, self._run_step(out, y, inputs, pres, posts, norms)))
+            g, *sums = self._run_step(out, y, inputs, pres, posts, norms)
+            magnitudes = dict(zip(self._out_magnitude_layers, sums))
+            if self._split:  # the bottom layers, whose updates are deferred: eagerly
+                self._backward(TORCH, self.weights, g, cache, self.biases, self._alpha(self._loss_scale(out.shape[1])),
+                               top=self._split - 1)
         self.updates += 1
         if self.config.weight_clip is not None:  # part of the update: before S&P, CBP and ReDo
             clip_weights_(self._params, self._clip_bounds, kappa=self._clip_kappa)
@@ -537,8 +549,16 @@ class LockstepLearner:
     def _reinit_units(self, layer: int, replica: int, idx: torch.Tensor,
                       unit_means: torch.Tensor | None = None) -> None:
         """Units ``idx`` of hidden layer ``layer`` of one replica afresh (:func:`plasticity_gym_agents.units.reinit_slices`)."""
-        self._flush(layer)
-        self._flush(layer + 1)
+        # The surgery overwrites the producer's rows and the consumer's columns of these units,
+        # so their deferred updates are dropped, not folded in (a fold would read the whole layer).
+        if layer in self._deferred:
+            self._deferred[layer].drop(replica, rows=idx)
+        if layer + 1 in self._deferred:
+            if unit_means is None:  # (the bias correction reads the consumer's weights as they are)
+                columns = (idx[:, None] * self._k + torch.arange(self._k, device=idx.device)).reshape(-1)
+                self._deferred[layer + 1].drop(replica, columns=columns)
+            else:
+                self._flush(layer + 1)
         states = list(self.opt_state.values())
 
         def slot(i: int, view: Any = None) -> tuple[torch.Tensor, list[torch.Tensor]]:  # in _params order
@@ -581,7 +601,8 @@ class LockstepLearner:
             if cbp.utility != "contribution":
                 read_each_step.update(range(len(self.weights) - 1))
         return {i: _DeferredUpdate(w, _DEFERRED_RANK) for i, w in enumerate(self.weights)
-                if i not in read_each_step and w.shape[1] * w.shape[2] >= _DEFERRED_MIN_ELEMENTS}
+                if i not in read_each_step and (w.shape[1] * w.shape[2] >= _DEFERRED_MIN_ELEMENTS
+                                                or w.numel() >= _DEFERRED_MIN_STACKED)}
 
     def _flush(self, layer: int) -> None:
         if layer in self._deferred:
@@ -595,7 +616,7 @@ class LockstepLearner:
         1.1–1.2× with 32 seeds of the 3×100 MNIST net; plain backprop ran 5% slower compiled)."""
         if request not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {request!r}")
-        plain = self._plain_sgd and not self._numpy and not self._deferred
+        plain = self._plain_sgd and not self._numpy and set(self._deferred) == set(range(self._split))
         if request is False or not (plain or self.adam):
             return False
         if request is True:
@@ -657,6 +678,8 @@ def _clone(a: Any) -> Any:
 # last few updates are kept as factors and folded into the weights every _DEFERRED_RANK steps.
 _DEFERRED_RANK = 32
 _DEFERRED_MIN_ELEMENTS = 1 << 18
+# ... or a layer of many replicas, stacked (3×100 MNIST nets' first layer from 14 seeds on).
+_DEFERRED_MIN_STACKED = 1 << 20
 # Networks (all seeds together) up to this many weights take the numpy path on the CPU.
 _NUMPY_MAX_ELEMENTS = 1 << 16
 # Networks (all seeds together) of at least this many weights run compiled on the CPU ("auto"):
@@ -711,6 +734,15 @@ class _DeferredUpdate:
         torch.mul(g, alpha, out=self.a[:, k:k + batch])
         self.b[:, k:k + batch].copy_(x)
         self.count = k + batch
+
+    def drop(self, replica: int, *, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> None:
+        """Forget the pending updates of ``rows`` (outputs) or ``columns`` (inputs) of one replica:
+        for slices that are about to be overwritten."""
+        k = self.count
+        if k and rows is not None:
+            self.a[replica, :k, rows] = 0
+        if k and columns is not None:
+            self.b[replica, :k, columns] = 0
 
     def flush(self, w: torch.Tensor) -> None:
         k = self.count

@@ -238,12 +238,36 @@ def test_unit_surgery_in_the_core_equals_the_autograd_path(case):
     the autograd path: each replica's network as an nn.Module trained by loss.backward() and an
     optimizer, with plasticity_gym_agents.cbp.ContinualBackprop / plasticity_gym_agents.redo.ReDo on its unit groups and the
     replica's generator. 200 steps of batch 4: the same units are replaced, weights to 1e-4."""
+    _check_surgery_against_autograd(SURGERY[case])
+
+
+DEFERRED_SURGERY = {  # plain SGD, so that layers defer their updates
+    "cbp": SURGERY["cbp-sgd"],  # the input layer deferred (CBP reads the others every step)
+    "cbp-bias-correction": [dict(c, cbp=dict(c["cbp"], next_layer_bias_correction=True))
+                            for c in SURGERY["cbp-sgd"]],
+    "redo": [{"network": {"activation": "relu"}, "optimizer": {"lr": 0.05}, "redo": {"period": 20, "threshold": t}}
+             for t in (0.8, 0.6)],  # every layer deferred: producers' rows and consumers' columns
+}
+
+
+@pytest.mark.parametrize("case", DEFERRED_SURGERY)
+def test_unit_surgery_on_deferred_layers_equals_the_autograd_path(case, monkeypatch):
+    """With the layers' plain-SGD updates deferred (as for large layers or many stacked
+    replicas), the surgery drops the pending updates of the slices it overwrites instead of
+    folding them in; the networks must still equal the autograd path."""
+    monkeypatch.setattr(lockstep, "_DEFERRED_MIN_ELEMENTS", 1)
+    core = _check_surgery_against_autograd(DEFERRED_SURGERY[case])
+    assert 0 in core._deferred
+    assert (case != "redo") or len(core._deferred) == len(core.weights)
+
+
+def _check_surgery_against_autograd(replicas: list[dict]) -> LockstepLearner:
     from plasticity_gym_agents.cbp import ContinualBackprop
     from plasticity_gym_agents.redo import ReDo
 
-    configs = _configs("tanh", [c["optimizer"] for c in SURGERY[case]])
+    configs = _configs("tanh", [c["optimizer"] for c in replicas])
     configs = [c.replace(**{k: v for k, v in extra.items() if k != "optimizer"})
-               for c, extra in zip(configs, SURGERY[case])]
+               for c, extra in zip(configs, replicas)]
     core = LockstepLearner("x", configs, *cls_spaces(BATCH), seeds=range(len(configs)), device="cpu")
     refs = []
     for r, cfg in enumerate(configs):
@@ -269,3 +293,4 @@ def test_unit_surgery_in_the_core_equals_the_autograd_path(case):
         assert counts == list(method.replacements.values()) and sum(counts) > 0
         for j, p in enumerate(net.parameters()):
             torch.testing.assert_close(core.params[j][r], p.detach(), rtol=1e-4, atol=2e-5)
+    return core

@@ -217,6 +217,25 @@ def test_compiled_step_equals_single_learners(name, overrides):
         assert all(s.replacements.min() > 0 for s in lock.cbp)
 
 
+@pytest.mark.skipif(not __import__("plasticity_gym_agents.lockstep").lockstep._cxx_compiler_available(),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_cbp_step_above_a_deferred_input_layer_equals_single_learners(monkeypatch):
+    """Many stacked replicas defer their input layer's updates (here: two seeds, with the
+    threshold lowered to them; a single learner does not defer); the compiled step then stops
+    above that layer and the rest of the backward pass runs eagerly, CBP's replacements dropping
+    the deferred updates of the rows they overwrite. Each seed still follows its single learner."""
+    import plasticity_gym_agents.lockstep as lockstep
+
+    monkeypatch.setattr(lockstep, "_DEFERRED_MIN_STACKED", len(SEEDS) * 784 * 64)
+    venv, lock, envs, singles = _pair_with(True)
+    assert list(lock._deferred) == [0] and lock._split == 1 and lock.compiled
+    assert not singles[0].core._deferred
+    _run(venv, lock, envs, singles, 300)
+    assert lock.compiled and lock._deferred[0].count > 0
+    _assert_same_weights(lock, singles)
+    assert all(s.replacements.min() > 0 for s in lock.cbp)
+
+
 def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     import plasticity_gym_agents.lockstep as lockstep
 
