@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import shutil
+import types
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -175,7 +176,7 @@ class LockstepLearner:
             _quiet_import_cpp_extension()
             # fullgraph: nothing runs before the whole step has compiled, so a failed compile
             # can fall back to eager without having changed any weight.
-            self._step = torch.compile(self._train_step, dynamic=False, fullgraph=True)
+            self._step = torch.compile(_own_code(self._train_step), dynamic=False, fullgraph=True)
         self._pending: tuple | None = None
         self._alphas: dict[float, Any] = {}
         self._probe_net: MLP | None = None
@@ -667,6 +668,16 @@ class LockstepLearner:
         if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(compiled, [*out, *state])):
             self._fall_back(f"the compiled update step disagrees with the eager one under torch {torch.__version__}")
         return out
+
+
+def _own_code(method: Any) -> Any:
+    """``method`` bound to its instance through a copy of its function with a code object of its
+    own: Dynamo keeps the compiled variants of a code object in one cache of at most
+    ``recompile_limit`` (8) entries, and every learner's step is one more (a sweep's process, a
+    benchmark, builds many)."""
+    f = method.__func__
+    own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return types.MethodType(own, method.__self__)
 
 
 def _clone(a: Any) -> Any:
