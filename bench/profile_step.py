@@ -16,6 +16,8 @@ import time
 
 import torch
 from throughput import lockstep_step  # bench/ is the script's directory, so on sys.path
+
+from plasticity_gym.harness.threads import configure_cpu
 from torch.profiler import ProfilerActivity, profile
 
 _SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args()
+    configure_cpu()  # as plasticity-gym runs: denormals flushed to zero
 
     learner, step = lockstep_step(args.env, args.agent, {"network": {"hidden": args.hidden}}, args.seeds,
                                   args.device)

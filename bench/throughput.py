@@ -46,6 +46,7 @@ import plasticity_gym  # noqa: F401  (registers the envs)
 from plasticity_gym_agents import make_agent, resolve_config
 from plasticity_gym_agents.lockstep import LockstepLearner
 from plasticity_gym.harness.lanes import DeviceStream, mirror_on_device
+from plasticity_gym.harness.threads import configure_cpu
 
 
 class Rate(NamedTuple):
@@ -120,7 +121,7 @@ def baseline_loop(env_id: str, hidden: list[int], lr: float, seconds: float) -> 
 
 
 def _baseline_process(args: tuple) -> Rate:
-    torch.set_num_threads(1)
+    configure_cpu(1)
     return baseline_loop(*args)
 
 
@@ -212,7 +213,7 @@ def main() -> None:
     global WINDOWS, DEVICE
     WINDOWS = args.windows
     DEVICE = args.device
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)  # as plasticity-gym runs: denormals flushed to zero
     sec = 1.5 if args.quick else 5.0
 
     rows: list[tuple[str, str, str, Rate, Rate, Rate, str]] = []

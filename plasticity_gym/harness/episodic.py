@@ -50,7 +50,7 @@ from plasticity_gym.harness.resolve import (
     seed_list,
 )
 from plasticity_gym.harness.result import Result
-from plasticity_gym.harness.threads import set_threads
+from plasticity_gym.harness.threads import configure_cpu
 
 EPISODIC_METRIC = "episodic_return"
 # Env steps per seed of an env that does not name its own (``run_steps`` per scale, as
@@ -460,8 +460,7 @@ def evaluate_episodic(
     seeds = seed_list(seeds)
     if probe_size < 1:
         raise ValueError("probe_size must be >= 1")
-    if threads is not None:
-        set_threads(threads)
+    configure_cpu(threads)
     dev = resolve_device(device)
     spec = resolve_agent(agent_factory, env_id=env_id, scale=scale, overrides=overrides, kind="episodic")
     run = EpisodicRun(env_id, scale, env_kwargs, steps=steps, diagnose_every=diagnose_every,

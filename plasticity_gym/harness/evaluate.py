@@ -31,7 +31,7 @@ from plasticity_gym.harness.resolve import (
     seed_list,
 )
 from plasticity_gym.harness.result import Result
-from plasticity_gym.harness.threads import set_threads
+from plasticity_gym.harness.threads import configure_cpu
 
 # Re-exported: these lived here before the harness was split by responsibility.
 __all__ = [
@@ -98,7 +98,8 @@ def evaluate(
             (error saying why not otherwise); ``"off"`` runs seeds one after another.
         threads: torch threads of this process (``torch.set_num_threads``). Default: torch's
             own (every core), right for a run alone; give 1 to each of several runs at once
-            (see :func:`plasticity_gym.harness.threads.set_threads`).
+            (see :func:`plasticity_gym.harness.threads.set_threads`). Every run also flushes
+            denormal floats to zero (:func:`plasticity_gym.harness.threads.configure_cpu`).
     """
     seeds = seed_list(seeds)
     if (probe_every is not None and probe_every < 0) or probe_size < 1:
@@ -115,8 +116,7 @@ def evaluate(
         check_writable(out, "out")
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
-    if threads is not None:
-        set_threads(threads)
+    configure_cpu(threads)
     dev = resolve_device(device)
     spec = resolve_agent(agent_factory, env_id=env_id, scale=scale, overrides=overrides)
     execution = choose_execution(lockstep, spec, env_id, scale, env_kwargs, seeds)

@@ -21,7 +21,7 @@ from plasticity_gym.harness.progress import progress_wanted
 from plasticity_gym.harness.records import build_result
 from plasticity_gym.harness.resolve import AgentFactory, resolve_agent, resolve_device, seed_list
 from plasticity_gym.harness.result import Result, mean_ci
-from plasticity_gym.harness.threads import set_threads
+from plasticity_gym.harness.threads import configure_cpu
 
 
 @dataclass
@@ -111,8 +111,7 @@ def compare(
     unknown = set(overrides) - set(names)
     if unknown:
         raise ValueError(f"overrides for unknown learner(s) {sorted(unknown)}; learners: {names}")
-    if threads is not None:
-        set_threads(threads)
+    configure_cpu(threads)
     dev = resolve_device(device)
     specs = {
         n: resolve_agent(a, env_id=env_id, scale=scale, overrides=overrides.get(n))

@@ -34,7 +34,7 @@ from plasticity_gym.harness.loop import Segment, run_segments
 from plasticity_gym.harness.records import agent_record, build_result
 from plasticity_gym.harness.resolve import AgentSpec, resolve_agent
 from plasticity_gym.harness.result import Result
-from plasticity_gym.harness.threads import set_threads
+from plasticity_gym.harness.threads import configure_cpu
 
 __all__ = ["GridLanes", "Task", "TaskOutcome", "TaskSetting", "error_file", "execute_task", "progress_file",
            "run_command", "run_file"]
@@ -299,7 +299,7 @@ def execute_task(task: Task, out_dir: str) -> TaskOutcome:
     out = Path(out_dir)
     t0 = time.perf_counter()
     try:
-        set_threads(task.threads)
+        configure_cpu(task.threads)
         _reset_global_rngs()
         progress = progress_file(out, task.id)
         if progress.exists():  # resumed: keep its count, mark it as running now

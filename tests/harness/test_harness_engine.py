@@ -101,6 +101,20 @@ def test_threads(restore_threads):
     assert torch.get_num_threads() == 2
 
 
+def test_a_run_flushes_denormal_floats_to_zero(restore_threads):
+    """Decaying running averages (CBP's utilities, Adam's moments) reach denormal floats, where
+    the CPU is about a hundred times slower; every run flushes them to zero."""
+    flushing = torch.tensor([1e-39], dtype=torch.float32).item() == 0.0  # the setting before the test
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+    try:
+        assert (tiny * 1.0).item() != 0.0
+        evaluate("FakeClassify-v0", fakes.make_agent, scale="smoke", progress=False)
+        assert (tiny * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(flushing)
+
+
 def test_cli_threads_option(cli, tmp_path, restore_threads):
     import os
 
