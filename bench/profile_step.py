@@ -16,9 +16,9 @@ import time
 
 import torch
 from throughput import lockstep_step  # bench/ is the script's directory, so on sys.path
+from torch.profiler import ProfilerActivity, profile
 
 from plasticity_gym.harness.threads import configure_cpu
-from torch.profiler import ProfilerActivity, profile
 
 _SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
              "Memcpy DtoH")
