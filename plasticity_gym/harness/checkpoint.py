@@ -7,6 +7,7 @@ resumed run produces the result of an uninterrupted one.
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import random
@@ -100,6 +101,18 @@ class Checkpoint:
     def remove(self) -> None:
         if self.path.exists():
             self.path.unlink()
+
+
+def part_checkpoint(path: str | os.PathLike, index: int, parts: int) -> Path:
+    """The checkpoint of part ``index`` of ``parts`` of a run split across worker processes,
+    beside the run's own checkpoint ``path``."""
+    return Path(f"{path}.part-{index}-of-{parts}")
+
+
+def part_checkpoints(path: str | os.PathLike) -> list[Path]:
+    """Every part checkpoint (:func:`part_checkpoint`) that exists beside ``path``."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{glob.escape(path.name)}.part-*-of-*")) if path.parent.is_dir() else []
 
 
 def check_writable(path: str | os.PathLike, what: str) -> Path:

@@ -212,7 +212,8 @@ def _check_counts(args: argparse.Namespace) -> None:
     """The numeric options of run/compare, before any work."""
     rules = [("seeds", 1, "--seeds"), ("probe_every", 0, "--probe-every"), ("probe_size", 1, "--probe-size"),
              ("bin_examples", 1, "--bin-examples"), ("checkpoint_every", 0, "--checkpoint-every"),
-             ("steps", 1, "--steps"), ("diagnose_every", 1, "--diagnose-every"), ("threads", 1, "--threads")]
+             ("steps", 1, "--steps"), ("diagnose_every", 1, "--diagnose-every"), ("threads", 1, "--threads"),
+             ("workers", 1, "--workers")]
     for dest, low, flag in rules:
         value = getattr(args, dest, None)
         if value is not None and value < low:
@@ -225,11 +226,15 @@ def _checkpoint_plan(args: argparse.Namespace, ckpt: Path | None) -> None:
     """Refuse to overwrite an interrupted run's checkpoint unless told what to do with it."""
     if ckpt is None:
         return
-    exists = ckpt.exists()
+    from plasticity_gym.harness.checkpoint import part_checkpoints
+
+    parts = part_checkpoints(ckpt)  # a run split across worker processes keeps one per part
+    exists = ckpt.exists() or bool(parts)
     if args.resume and not exists:
         print(f"plasticity-gym: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
     elif exists and args.fresh:
-        ckpt.unlink()
+        for path in [ckpt, *parts]:
+            path.unlink(missing_ok=True)
         print(f"plasticity-gym: deleted the checkpoint {ckpt} (--fresh); starting from the beginning",
               file=sys.stderr)
     elif exists and not args.resume:
@@ -279,7 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bin_examples=args.bin_examples, checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
         progress=args.progress, command=args.command_line, out=out, lockstep=args.lockstep,
-        threads=args.threads,
+        threads=args.threads, workers=args.workers,
     )
     return _report_written(out, result)
 

@@ -96,6 +96,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lockstep", choices=["auto", "on", "off"], default="auto",
                    help="run the seeds of a reference MLP agent as one batched computation on the "
                         "env's native vector env (auto: whenever supported and seeds > 1)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes that run a lockstep run's seeds on the CPU, each a part of them with one "
+                        "thread (default: one per core, at most one per 8 seeds, unless --threads is given; "
+                        "then 1)")
     add_episodic_args(p)
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import os
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from plasticity_gym.harness.checkpoint import Checkpoint, check_writable
+from plasticity_gym.harness.checkpoint import Checkpoint, check_writable, part_checkpoint, part_checkpoints
 from plasticity_gym.harness.lanes import LockstepLanes, SingleLanes, make_env
-from plasticity_gym.harness.loop import Segment, run_segments
+from plasticity_gym.harness.loop import RunOutput, Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
 from plasticity_gym.harness.records import agent_record, build_result, env_record, metric_of
 from plasticity_gym.harness.resolve import (
@@ -32,6 +33,7 @@ from plasticity_gym.harness.resolve import (
 )
 from plasticity_gym.harness.result import Result
 from plasticity_gym.harness.threads import configure_cpu
+from plasticity_gym.harness.workers import WorkerPart, default_workers, run_parts, split_seeds, threads_per_worker
 
 # Re-exported: these lived here before the harness was split by responsibility.
 __all__ = [
@@ -61,6 +63,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     lockstep: str = "auto",
     threads: int | None = None,
+    workers: int | None = None,
 ) -> Result:
     """Run ``agent_factory`` on ``env_id`` at ``scale`` for each seed; return the result entry.
 
@@ -100,6 +103,13 @@ def evaluate(
             own (every core), right for a run alone; give 1 to each of several runs at once
             (see :func:`plasticity_gym.harness.threads.set_threads`). Every run also flushes
             denormal floats to zero (:func:`plasticity_gym.harness.threads.configure_cpu`).
+        workers: processes that run a lockstep run's seeds on the CPU at once, each a contiguous
+            part of them (the result equals one process's to float rounding; see
+            :mod:`plasticity_gym.harness.workers`), each with ``threads`` threads, or the cores
+            shared out. Default: one per core, at most one per 8 seeds, when ``threads`` is not
+            given; else 1. Checkpoints of a split run are one file
+            per part beside ``checkpoint`` (``<checkpoint>.part-i-of-n``), and a run resumes
+            only with the same ``workers``.
     """
     seeds = seed_list(seeds)
     if (probe_every is not None and probe_every < 0) or probe_size < 1:
@@ -116,10 +126,17 @@ def evaluate(
         check_writable(out, "out")
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+        raise ValueError(f"workers must be >= 1 (or None for the default), got {workers!r}")
     configure_cpu(threads)
     dev = resolve_device(device)
     spec = resolve_agent(agent_factory, env_id=env_id, scale=scale, overrides=overrides)
     execution = choose_execution(lockstep, spec, env_id, scale, env_kwargs, seeds)
+    if workers is None:
+        workers = default_workers(execution=execution, device=dev, n_seeds=len(seeds), threads=threads)
+    elif workers > 1 and (execution != "lockstep" or dev != "cpu" or workers > len(seeds)):
+        raise ValueError(f"workers={workers} splits the seeds of a lockstep run on the CPU, at least one seed "
+                         f"each; this run is {execution} on {dev} with {len(seeds)} seed(s): use workers=1")
     if command is None:
         command = (
             f"plasticity_gym.harness.evaluate({env_id!r}, {spec.ident!r}, scale={scale!r}, "
@@ -138,32 +155,81 @@ def evaluate(
             functools.partial(SingleLanes.open, spec, env_id, scale, env_kwargs, seed, dev),
             functools.partial(SingleLanes.restore, spec, device=dev),
         ) for i, seed in enumerate(seeds)]
-    ckpt = None
-    if checkpoint is not None:
-        ckpt = Checkpoint(checkpoint, {
-            "env_id": env_id, "scale": scale, "env_kwargs": env_kwargs, "agent": spec.ident,
-            "overrides": dict(spec.overrides), "seeds": seeds, "probe_every": probe_every,
-            "probe_size": probe_size, "bin_examples": bin_examples, "device": dev,
-            "execution": execution,
-        })
+    fingerprint = {
+        "env_id": env_id, "scale": scale, "env_kwargs": env_kwargs, "agent": spec.ident,
+        "overrides": dict(spec.overrides), "seeds": seeds, "probe_every": probe_every,
+        "probe_size": probe_size, "bin_examples": bin_examples, "device": dev,
+        "execution": execution, **({"workers": workers} if workers > 1 else {}),
+    }
+    ckpt = None if checkpoint is None else Checkpoint(checkpoint, fingerprint)
+    show_progress = progress_wanted() if progress is None else progress
     t_start = time.perf_counter()
-    output = run_segments(
-        env_id, segments, probe_every=probe_every, probe_size=probe_size, bin_examples=bin_examples,
-        checkpoint=ckpt, checkpoint_every=int(checkpoint_every), resume=resume,
-        show_progress=progress_wanted() if progress is None else progress,
-    )
+    if workers > 1:
+        output = _run_split(env_id, spec, scale, env_kwargs, seeds, dev, workers, ckpt, fingerprint,
+                            probe_every=probe_every, probe_size=probe_size, bin_examples=bin_examples,
+                            checkpoint_every=int(checkpoint_every), resume=resume, show_progress=show_progress,
+                            threads=threads_per_worker(workers, threads))
+    else:
+        output = run_segments(
+            env_id, segments, probe_every=probe_every, probe_size=probe_size, bin_examples=bin_examples,
+            checkpoint=ckpt, checkpoint_every=int(checkpoint_every), resume=resume, show_progress=show_progress,
+        )
     rec = output.records
     result = build_result(
         env_rec=rec.env, agent_rec=rec.agents[None], metric=rec.metric, bin_examples=rec.bin_examples,
         probe_every=rec.schedule.every, probe_size=probe_size, device=dev, seeds=seeds,
         runs=output.runs[None], command=command, fallback_wall_s=time.perf_counter() - t_start,
         execution=execution, probe_tasks=rec.schedule.tasks(rec.env["budget"]["n_tasks"]),
+        extra_protocol={"processes": workers} if workers > 1 else None,
+        wall_time_s=time.perf_counter() - t_start if workers > 1 else None,
     )
     if out is not None:
         result.save(out)
     if ckpt is not None:
         ckpt.remove()  # the result now holds everything the checkpoint did
+        for part in part_checkpoints(ckpt.path):
+            part.unlink()
     return result
+
+
+def _run_split(env_id: str, spec: AgentSpec, scale: str, env_kwargs: dict[str, Any], seeds: list[int], device: str,
+               workers: int, ckpt: Checkpoint | None, fingerprint: dict[str, Any], *, probe_every: int | None,
+               probe_size: int, bin_examples: int | None, checkpoint_every: int, resume: bool,
+               show_progress: bool, threads: int) -> RunOutput:
+    """The run's seeds in ``workers`` parts at once (:mod:`plasticity_gym.harness.workers`),
+    merged into one output. ``ckpt`` becomes the run's manifest: it holds no state, but its
+    fingerprint ties the part checkpoints beside it to this run (and to this many workers)."""
+    if not isinstance(spec.ident, str) or spec.source != "reference":
+        raise ValueError("workers > 1 runs reference agents only (a worker process rebuilds the agent by name)")
+    chunks = split_seeds(seeds, workers)
+    paths: list[Path | None] = [None] * workers
+    if ckpt is not None:
+        paths = [part_checkpoint(ckpt.path, i, workers) for i in range(workers)]
+        existing = [p for p in [ckpt.path, *part_checkpoints(ckpt.path)] if p.exists()]
+        if existing and not resume:
+            raise ValueError(f"checkpoint {existing[0]} exists (an interrupted run): pass resume=True "
+                             "(--resume) to continue it, or delete it (--fresh) to start over")
+        if ckpt.exists():
+            ckpt.load()  # raises when it belongs to another run, or to a run with other workers
+        else:
+            ckpt.save({"parts": [str(p) for p in paths]})
+    parts = [WorkerPart(i, env_id, spec.ident, scale, env_kwargs, dict(spec.overrides), tuple(chunk), device,
+                        probe_every, probe_size, bin_examples, paths[i], {**fingerprint, "part": i, "seeds": chunk},
+                        checkpoint_every if ckpt is not None else 0, resume, threads)
+             for i, chunk in enumerate(chunks)]
+    probe = make_env(env_id, scale, env_kwargs).unwrapped
+    total = int(probe.n_examples_total) * len(seeds)
+    probe.close()
+    outputs = run_parts(parts, total=total, show_progress=show_progress,
+                        label=f"{env_id} {spec.ident} {len(seeds)} seeds in lockstep, {workers} processes  ")
+    merged = RunOutput(outputs[0].records)
+    for i, output in enumerate(outputs):
+        if output.records.env != merged.records.env or output.records.agents != merged.records.agents:
+            raise RuntimeError(f"worker {i} ran another stream or agent than worker 0 (env or agent records "
+                               "differ); this is a bug: please report it")
+        for key, runs in output.runs.items():
+            merged.runs.setdefault(key, []).extend(runs)
+    return merged
 
 
 def choose_execution(lockstep: str, spec: AgentSpec, env_id: str, scale: str,

@@ -112,11 +112,13 @@ def run_segments(
     checkpoint_every: int = 0,
     resume: bool = False,
     show_progress: bool = False,
+    report: Callable[[int], None] | None = None,
 ) -> RunOutput:
     """Run ``segments`` one after another (resuming from ``checkpoint`` when asked).
 
     ``probe_every=None`` probes by the default schedule (:meth:`ProbeSchedule.for_stream`);
-    ``bin_examples=None`` bins regression by the default width.
+    ``bin_examples=None`` bins regression by the default width; ``report``, when given, is
+    handed the examples done (over every lane) now and then, shown or not.
     """
     finished: list[list[tuple[tuple[str | None, int], dict[str, Any]]]] = []
     records: RunRecords | None = None
@@ -172,7 +174,7 @@ def run_segments(
             total = per_lane * n_lanes * len(segments)
         done_before = sum(len(f) for f in finished) * per_lane
         bar = Progress(total, enabled=show_progress, done=done_before + st.examples * n_lanes,
-                       label=segment.label)
+                       label=segment.label, sink=report)
         drive(lanes, st, records.schedule, bar=bar, offset=done_before,
               checkpoint=lambda s, lanes=lanes: save(s, lanes), checkpoint_every=checkpoint_every)
         bar.close(done_before + st.examples * n_lanes)

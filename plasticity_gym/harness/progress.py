@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 def progress_wanted(stream: TextIO | None = None) -> bool:
@@ -29,7 +29,8 @@ class Progress:
     """Redraws ``label  done/total examples  rate ex/s  ETA`` at most every ``interval`` s.
 
     ``update`` is cheap enough to call every step: it only looks at the clock every
-    ``check_every`` calls.
+    ``check_every`` calls. ``sink``, when given, is also handed the count every ``check_every``
+    calls and at ``close``, shown or not (a worker process reports its progress this way).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class Progress:
         stream: TextIO | None = None,
         interval: float = 0.5,
         check_every: int = 256,
+        sink: Callable[[int], None] | None = None,
     ):
         self.total = total
         self.enabled = enabled
@@ -49,17 +51,22 @@ class Progress:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.check_every = check_every
+        self.sink = sink
         self._calls = 0
         self._start_done = done
         self._t0 = time.perf_counter()
         self._last = 0.0
 
     def update(self, done: int) -> None:
-        if not self.enabled:
+        if not self.enabled and self.sink is None:
             return
         self._calls += 1
         if self._calls % self.check_every:
             return
+        if self.sink is not None:
+            self.sink(done)
+            if not self.enabled:
+                return
         now = time.perf_counter()
         if now - self._last < self.interval:
             return
@@ -79,6 +86,8 @@ class Progress:
         self.stream.flush()
 
     def close(self, done: int) -> None:
+        if self.sink is not None:
+            self.sink(done)
         if self.enabled:
             self._draw(done, time.perf_counter())
             self.stream.write("\n")

@@ -133,9 +133,11 @@ def build_result(
     execution: str = "sequential",
     probe_tasks: Sequence[int] | None = None,
     extra_protocol: Mapping[str, Any] | None = None,
+    wall_time_s: float | None = None,
 ) -> Result:
     """Assemble and validate a result entry from finished per-seed runs (``extra_protocol``:
-    further ``protocol`` fields, e.g. an episodic run's ``diagnose_every_steps``)."""
+    further ``protocol`` fields, e.g. an episodic run's ``diagnose_every_steps``). The run's wall
+    time is ``wall_time_s`` when given (processes that ran at once), else the sum of the runs'."""
     protocol: dict[str, Any] = {
         "metric": metric,
         "probe_every_tasks": probe_every,
@@ -161,7 +163,8 @@ def build_result(
         "provenance": {
             "command": command,
             "created": now_iso(),
-            "wall_time_s": round(sum(r["wall_time_s"] for r in runs) or fallback_wall_s, 3),
+            "wall_time_s": round(wall_time_s if wall_time_s is not None else
+                                 sum(r["wall_time_s"] for r in runs) or fallback_wall_s, 3),
             "hardware": hardware(device),
             "versions": versions(),
             "code": code_identity(),

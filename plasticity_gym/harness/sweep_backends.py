@@ -10,40 +10,23 @@ the tasks it took with it.
 from __future__ import annotations
 
 import os
-import signal
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from plasticity_gym.harness.sweep_task import Task, TaskOutcome, execute_task
 from plasticity_gym.harness.threads import thread_env
+from plasticity_gym.harness.workers import available_cores, die_with_parent
 
 __all__ = ["available_cores", "run_local", "run_ray"]
 
 OnDone = Callable[[Task, TaskOutcome], None]
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _worker_init(parent_pid: int, threads: int) -> None:
     """A local worker: ``threads`` CPU threads, and it dies with the sweep (a killed sweep must
     not leave workers writing into a folder that the next run of the sweep is using)."""
     os.environ.update(thread_env(threads))
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the sweep died before prctl took effect
-        os._exit(1)
+    die_with_parent(parent_pid)
 
 
 def run_local(tasks: Sequence[Task], out: Path, jobs: int, on_done: OnDone) -> None:
