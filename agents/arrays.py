@@ -90,15 +90,9 @@ def activation_backward(xp: Any, name: str, g: Any, pre: Any, post: Any, slope: 
     return g
 
 
-# Large layers at batch 1: W·x reads W's rows in memory order, which BLAS does about twice as
-# fast as the equivalent x·Wᵀ on the transposed view.
-_GEMV_MIN_ELEMENTS = 1 << 18
-
-
 def _torch_affine(h: torch.Tensor, w: torch.Tensor, wt: torch.Tensor, b_row: torch.Tensor) -> torch.Tensor:
-    """h·wᵀ + b for h (R, batch, in), w (R, out, in), wt = w.transpose(1, 2), b_row (R, 1, out)."""
-    if h.shape[1] == 1 and w.shape[1] * w.shape[2] >= _GEMV_MIN_ELEMENTS:
-        return torch.baddbmm(b_row.transpose(1, 2), w, h.transpose(1, 2)).transpose(1, 2)
+    """h·wᵀ + b for h (R, batch, in), w (R, out, in), wt = w.transpose(1, 2), b_row (R, 1, out).
+    As h·wᵀ at batch 1 too: batched W·x (R > 1) measured 2-2.5x slower (torch 2.14, MKL)."""
     return torch.baddbmm(b_row, h, wt)
 
 
