@@ -1,8 +1,8 @@
 """One lockstep run's seeds split across worker processes: the whole CPU for a many-seed run.
 
 On a CPU, a lockstep step is many small batched products, which torch's threads share poorly:
-one process of 32 PermutedMNIST 3×100 CBP seeds with two threads ran about 21,600 seed-examples/s
-on a 2-core machine, and two one-thread processes of 16 seeds each about 30,600 together. So a
+one process of 32 PermutedMNIST 3×100 CBP seeds with two threads ran 19,930 seed-examples/s on a
+2-core machine, and two one-thread processes of 16 seeds each 26,286 together. So a
 many-seed CPU run splits its seeds into contiguous parts, one per worker process (of one thread
 on a machine with as many cores as workers),
 each part run by the one run loop (:func:`plasticity_gym.harness.loop.run_segments`) with its own
@@ -35,7 +35,8 @@ __all__ = ["MIN_SEEDS_PER_WORKER", "WorkerError", "WorkerPart", "available_cores
            "run_parts", "split_seeds", "threads_per_worker", "worker_main"]
 
 # Below this many seeds per process a part's batched products are too small to gain from a
-# process of its own (measured on the 2-core machine: see docs/design.md).
+# process of its own (2-core machine, PermutedMNIST 3×100: 8 seeds as 4 + 4 ran 0.84-1.03x the
+# one-process rate, 16 as 8 + 8 1.09-1.26x; docs/design.md).
 MIN_SEEDS_PER_WORKER = 8
 
 
