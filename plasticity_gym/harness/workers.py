@@ -13,11 +13,12 @@ to float rounding (the compiled kernels of different seed counts may round diffe
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from plasticity_gym.harness._io import atomic_pickle, load_pickle
 from plasticity_gym.harness.checkpoint import Checkpoint
 from plasticity_gym.harness.loop import RunOutput
 from plasticity_gym.harness.progress import Progress
@@ -137,20 +137,21 @@ def _run_part(part: WorkerPart) -> RunOutput:
 
 
 def worker_main(argv: Sequence[str]) -> int:
-    """A worker process's main (argv: PART RESULT PARENT_PID): run the pickled part,
-    pickle ``("ok", output)`` or ``("error", (type name, message, traceback))`` to RESULT."""
-    part_file, result_file, parent_pid = argv
+    """A worker process's main (argv: PARENT_PID): run the part pickled on stdin; the last line
+    on stdout carries ``("ok", output)`` or ``("error", (type name, message, traceback))``."""
+    (parent_pid,) = argv
     die_with_parent(int(parent_pid))
     try:
-        outcome: tuple[str, Any] = ("ok", _run_part(load_pickle(Path(part_file))))
+        outcome: tuple[str, Any] = ("ok", _run_part(pickle.load(sys.stdin.buffer)))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
         outcome = ("error", (type(exc).__name__, str(exc), traceback.format_exc()))
-    atomic_pickle(Path(result_file), outcome)
+    print(_RESULT + base64.b64encode(pickle.dumps(outcome)).decode("ascii"), flush=True)
     return 0 if outcome[0] == "ok" else 1
 
 
 _WORKER_COMMAND = ("import sys; from plasticity_gym.harness.workers import worker_main; "
                    "sys.exit(worker_main(sys.argv[1:]))")
+_RESULT = "plasticity-gym-result:"  # the prefix of the worker's last line
 
 
 class WorkerError(RuntimeError):
@@ -162,60 +163,69 @@ def run_parts(parts: Sequence[WorkerPart], *, total: int, show_progress: bool, l
     """Run every part in its own process (of ``part.threads`` threads) at once; their outputs, in
     part order.
 
-    Each worker is a fresh interpreter running :func:`worker_main`: torch's
-    threads do not survive a fork, and a spawned ``multiprocessing`` child would re-run the
-    caller's script. ``total`` examples (over every seed) drive the progress line. A part that
-    fails stops the others (their checkpoints stay for ``--resume``) and raises its error here.
+    Each worker is a fresh interpreter running :func:`worker_main`, given its part on stdin
+    (no files: a killed run leaves nothing behind but its checkpoints): torch's threads do not
+    survive a fork, and a spawned ``multiprocessing`` child would re-run the caller's script.
+    ``total`` examples (over every seed) drive the progress line. A part that fails stops the
+    others (their checkpoints stay for ``--resume``) and raises its error here.
     """
     env = {**os.environ, **thread_env(max(p.threads for p in parts)),
            "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])}
-    with tempfile.TemporaryDirectory(prefix="plasticity-gym-workers-") as tmp:
-        procs, done, readers = [], [0] * len(parts), []
-        try:
-            for part in parts:
-                part_file, result_file = Path(tmp, f"part-{part.index}.pkl"), Path(tmp, f"result-{part.index}.pkl")
-                atomic_pickle(part_file, part)
-                proc = subprocess.Popen([sys.executable, "-c", _WORKER_COMMAND, str(part_file), str(result_file),
-                                         str(os.getpid())], env=env, stdout=subprocess.PIPE, text=True)
-                procs.append(proc)
-                readers.append(threading.Thread(target=_follow, args=(proc.stdout, done, part.index), daemon=True))
-                readers[-1].start()
-            bar = Progress(total, enabled=show_progress, label=label, check_every=1)
-            running = set(range(len(parts)))
-            while running:
-                time.sleep(0.5)
-                bar.update(sum(done))
-                for i in sorted(running):
-                    if procs[i].poll() is None:
-                        continue
-                    running.discard(i)
-                    _check_outcome(parts[i], procs[i].returncode, Path(tmp, f"result-{i}.pkl"))
-            bar.close(total)
-            return [load_pickle(Path(tmp, f"result-{i}.pkl"))[1] for i in range(len(parts))]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in procs:
-                proc.wait()
-            for reader in readers:
-                reader.join()
+    procs: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    done = [0] * len(parts)
+    outcomes: list[tuple[str, Any] | None] = [None] * len(parts)
+    try:
+        for part in parts:
+            proc = subprocess.Popen([sys.executable, "-c", _WORKER_COMMAND, str(os.getpid())], env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs.append(proc)
+            readers.append(threading.Thread(target=_follow, args=(proc.stdout, done, outcomes, part.index),
+                                            daemon=True))
+            readers[-1].start()
+            proc.stdin.write(pickle.dumps(part))  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        bar = Progress(total, enabled=show_progress, label=label, check_every=1)
+        running = set(range(len(parts)))
+        while running:
+            time.sleep(0.5)
+            bar.update(min(sum(done), total))
+            for i in sorted(running):
+                if procs[i].poll() is None:
+                    continue
+                running.discard(i)
+                readers[i].join()  # the result line is read to the end
+                _check_outcome(parts[i], procs[i].returncode, outcomes[i])
+        bar.close(total)
+        return [outcome[1] for outcome in outcomes]  # type: ignore[index]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            proc.wait()
+        for reader in readers:
+            reader.join()
 
 
-def _follow(stream: Any, done: list[int], index: int) -> None:
-    """Keep ``done[index]`` at the last progress line a worker printed; pass other lines on."""
-    for line in stream:
+def _follow(stream: Any, done: list[int], outcomes: list[Any], index: int) -> None:
+    """Read a worker's stdout: progress lines set ``done[index]``, the result line
+    ``outcomes[index]``; other lines are the user's to see and are passed on."""
+    for raw in stream:
+        line = raw.decode("utf-8", "replace")
         if line.strip().isdigit():
             done[index] = int(line)
-        else:  # anything else the worker prints is the user's to see
+        elif line.startswith(_RESULT):
+            outcomes[index] = pickle.loads(base64.b64decode(line[len(_RESULT):].strip()))
+        else:
             sys.stdout.write(line)
 
 
-def _check_outcome(part: WorkerPart, returncode: int, result_file: Path) -> None:
-    if not result_file.exists():
+def _check_outcome(part: WorkerPart, returncode: int, outcome: tuple[str, Any] | None) -> None:
+    if outcome is None:
         raise WorkerError(f"worker {part.index} (seeds {list(part.seeds)}) exited with code {returncode} "
                           "without a result (killed, or out of memory?); its checkpoint stays for --resume")
-    status, payload = load_pickle(result_file)
+    status, payload = outcome
     if status == "error":
         name, message, trace = payload
         if name == "ValueError":  # bad input: the same clear error as in one process
