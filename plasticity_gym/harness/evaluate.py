@@ -217,9 +217,11 @@ def _run_split(env_id: str, spec: AgentSpec, scale: str, env_kwargs: dict[str, A
                         probe_every, probe_size, bin_examples, paths[i], {**fingerprint, "part": i, "seeds": chunk},
                         checkpoint_every if ckpt is not None else 0, resume, threads)
              for i, chunk in enumerate(chunks)]
-    probe = make_env(env_id, scale, env_kwargs).unwrapped
-    total = int(probe.n_examples_total) * len(seeds)
-    probe.close()
+    total = 0
+    if show_progress:  # the stream's length, for the progress line only
+        probe = make_env(env_id, scale, env_kwargs).unwrapped
+        total = int(probe.n_examples_total) * len(seeds)
+        probe.close()
     outputs = run_parts(parts, total=total, show_progress=show_progress,
                         label=f"{env_id} {spec.ident} {len(seeds)} seeds in lockstep, {workers} processes  ")
     merged = RunOutput(outputs[0].records)
