@@ -49,6 +49,7 @@ from plasticity_gym_agents import make_agent, resolve_config
 from plasticity_gym_agents.lockstep import LockstepLearner
 from plasticity_gym.harness.lanes import DeviceStream, mirror_on_device
 from plasticity_gym.harness.threads import configure_cpu
+from plasticity_gym.harness.workers import split_seeds
 
 
 class Rate(NamedTuple):
@@ -130,10 +131,17 @@ def _baseline_process(args: tuple) -> Rate:
 def machine_baseline(env_id: str, hidden: list[int], lr: float, seconds: float) -> Rate:
     """The plain loop as ``os.cpu_count()`` one-thread processes at once: their rates summed."""
     n = os.cpu_count() or 1
-    with multiprocessing.get_context("spawn").Pool(n, initializer=_set_windows, initargs=(WINDOWS,)) as pool:
-        rates = pool.map(_baseline_process, [(env_id, hidden, lr, seconds)] * n)
+    return _at_once(_baseline_process, [(env_id, hidden, lr, seconds)] * n)
+
+
+def _at_once(target: Callable[[tuple], Rate], jobs: list[tuple]) -> Rate:
+    """``target(job)`` for every job, each in its own one-thread process, all at once: their rates
+    summed (the note names the processes, and "compiled" when any of them was)."""
+    with multiprocessing.get_context("spawn").Pool(len(jobs), initializer=_set_windows, initargs=(WINDOWS,)) as pool:
+        rates = pool.map(target, jobs)
+    compiled = ", compiled" if any(r.note == "compiled" for r in rates) else ""
     return Rate(sum(r.median for r in rates), sum(r.low for r in rates), sum(r.high for r in rates),
-                f"{n} processes x 1 thread")
+                f"{len(jobs)} processes x 1 thread{compiled}")
 
 
 def _set_windows(windows: int) -> None:
@@ -205,13 +213,8 @@ def _lockstep_process(args: tuple) -> Rate:
 def machine_lockstep(env_id: str, agent: str, overrides: dict, n_seeds: int, seconds: float) -> Rate:
     """``n_seeds`` in lockstep as ``plasticity-gym run`` splits them on the CPU: one one-thread
     process per core, each with its share of the seeds, at once; their rates summed."""
-    n = min(os.cpu_count() or 1, n_seeds)
-    shares = [n_seeds // n + (i < n_seeds % n) for i in range(n)]
-    with multiprocessing.get_context("spawn").Pool(n, initializer=_set_windows, initargs=(WINDOWS,)) as pool:
-        rates = pool.map(_lockstep_process, [(env_id, agent, overrides, k, seconds) for k in shares])
-    compiled = ", compiled" if any(r.note for r in rates) else ""
-    return Rate(sum(r.median for r in rates), sum(r.low for r in rates), sum(r.high for r in rates),
-                f"{n} processes x 1 thread{compiled}")
+    parts = split_seeds(range(n_seeds), min(os.cpu_count() or 1, n_seeds))
+    return _at_once(_lockstep_process, [(env_id, agent, overrides, len(part), seconds) for part in parts])
 
 
 def main() -> None:

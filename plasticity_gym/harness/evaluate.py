@@ -11,6 +11,7 @@ or in lockstep) and hands them to the one run loop (:mod:`plasticity_gym.harness
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import time
 from pathlib import Path
@@ -126,8 +127,9 @@ def evaluate(
         check_writable(out, "out")
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
-    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
-        raise ValueError(f"workers must be >= 1 (or None for the default), got {workers!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
+                                or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 (or None for the default), got {workers!r}")
     configure_cpu(threads)
     dev = resolve_device(device)
     spec = resolve_agent(agent_factory, env_id=env_id, scale=scale, overrides=overrides)

@@ -54,8 +54,9 @@ def test_a_run_split_across_workers_equals_the_one_process_run():
 
 def test_bad_worker_counts_are_clear_errors():
     kw = dict(scale="smoke", progress=False)
-    with pytest.raises(ValueError, match="workers must be >= 1"):
-        evaluate("PermutedMNIST-v0", "cbp", seeds=2, workers=0, **kw)
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            evaluate("PermutedMNIST-v0", "cbp", seeds=2, workers=bad, **kw)
     with pytest.raises(ValueError, match="workers=3 splits the seeds .* 2 seed"):
         evaluate("PermutedMNIST-v0", "cbp", seeds=2, workers=3, **kw)
     with pytest.raises(ValueError, match="this run is sequential"):
