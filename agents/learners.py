@@ -43,7 +43,7 @@ from plasticity_gym_agents.cbp import ContinualBackprop
 from plasticity_gym_agents.config import LearnerConfig
 from plasticity_gym_agents.lockstep import LockstepLearner, lockstep_support
 from plasticity_gym_agents.networks import PlasticNetwork, ResNet18, build_network, resolve_device, task_spec
-from plasticity_gym_agents.optim import ReferenceOptimizer, module_clip_bounds, shrink_perturb
+from plasticity_gym_agents.optim import ReferenceOptimizer, draw_noise, module_clip_bounds, shrink_perturb
 from plasticity_gym_agents.protocol import learning_phase, next_phase
 from plasticity_gym_agents.redo import ReDo
 from plasticity_gym_agents.snr import SelfNormalizedResets
@@ -272,9 +272,12 @@ class SupervisedLearner:
         sp = self.config.shrink_perturb
         if sp is not None:  # the learner core's Shrink and Perturb, on a replica axis of one
             params = [p.unsqueeze(0) for p in self.params]
+            noise = None
+            if sp.noise_std > 0:
+                noise = torch.empty(1, sum(p.numel() for p in params), device=self.device)
+                draw_noise(noise, [self.generator])
             shrink_perturb(params, shrink=1.0 - self.config.optimizer.lr * sp.weight_decay, noise_std=sp.noise_std,
-                           generators=[self.generator if sp.noise_std > 0 else None],
-                           noise=torch.zeros(1, sum(p.numel() for p in params), device=self.device))
+                           noise=noise)
         if self._cbp is not None:
             self._cbp.step()
         if self._redo is not None:

@@ -37,8 +37,8 @@ from plasticity_gym_agents.arrays import NUMPY, TORCH, activate, activation_back
 from plasticity_gym_agents.cbp_state import UnitStatistics
 from plasticity_gym_agents.config import LearnerConfig, config_hash
 from plasticity_gym_agents.networks import MLP, build_network, resolve_device, task_spec
-from plasticity_gym_agents.optim import (adam_update, along, clip_bound, clip_weights_, l2_init_gradient, replica_scalar,
-                                         sgd_update, shrink_perturb, upgd_update)
+from plasticity_gym_agents.optim import (adam_update, along, clip_bound, clip_weights_, draw_noise, l2_init_gradient,
+                                         replica_scalar, sgd_update, shrink_perturb, upgd_update)
 from plasticity_gym_agents.redo import DormantUnits
 from plasticity_gym_agents.snr import FiringStatistics
 from plasticity_gym_agents.units import batched_abs_sum, get_init, reinit_slices
@@ -165,9 +165,7 @@ class LockstepLearner:
         # CBP reads its consumer layers' column |w| sums right after the update; under plain SGD
         # with nothing in between (no Shrink and Perturb) the train step returns them.
         self._out_magnitude_layers = (tuple(range(1, len(self.weights)))
-                                      if config.cbp is not None and self._plain_sgd
-                                      and config.weight_clip is None
-                                      and config.shrink_perturb is None else ())
+                                      if config.cbp is not None and self._plain_sgd else ())
         self._compile_request = compile
         self._step = self._train_step
         self.compiled = self._use_compile(compile)
@@ -480,7 +478,7 @@ class LockstepLearner:
     def _train_step(self, out: torch.Tensor, y: torch.Tensor, inputs: list, pres: list,
                     posts: list, norms: list) -> list[torch.Tensor]:
         """One update of every replica — plain SGD straight into the weights, else through the
-        gradients and the optimizer — returning the gradient flowing into the layers below
+        gradients and the optimizer; then weight clipping and Shrink and Perturb — returning the gradient flowing into the layers below
         ``_split`` (updated by the caller: their updates are deferred) and the column |w| sums of
         the layers CBP reads (``_out_magnitude_layers``). Run as is, or compiled."""
         g, scale = self._output_gradient(TORCH, out, y)
@@ -490,16 +488,29 @@ class LockstepLearner:
         else:
             self._optimizer_step(self._backward(TORCH, self.weights, g.mul_(scale) if scale != 1.0 else g,
                                                 (inputs, pres, posts, norms)))
+        self._finish_update()
         return [g, *(batched_abs_sum(self.weights[i], 1) for i in self._out_magnitude_layers)]
+
+    def _finish_update(self) -> None:
+        """What follows the gradient step within an update, before CBP and ReDo: weight clipping,
+        then Shrink and Perturb (its noise already drawn). No layer is deferred when either is on."""
+        if self.config.weight_clip is not None:
+            clip_weights_(self._params, self._clip_bounds, kappa=self._clip_kappa)
+        if self.config.shrink_perturb is not None:
+            shrink_perturb(self._params, shrink=self._shrink, noise_std=self._noise_std,
+                           noise=self._noise if self._noisy else None)
 
     @torch.no_grad()
     def _learn(self, out: Any, cache: tuple[list, list, list, list], target: Any) -> None:
         inputs, pres, posts, norms = cache
         y = self._targets(target, out.shape[1])
         magnitudes: dict[int, torch.Tensor] = {}
+        if self.config.shrink_perturb is not None and self._noisy:  # drawn here: the step may be compiled
+            draw_noise(self._noise, [g if r in self._noisy else None for r, g in enumerate(self.generators)])
         if self._numpy:
             g, scale = self._output_gradient(NUMPY, out, y)
             self._backward(NUMPY, self._np[0], g, cache, self._np[1], self._alpha(scale))
+            self._finish_update()
             posts = [torch.from_numpy(h) for h in posts]  # for CBP / ReDo, zero-copy
         else:
             g, *sums = self._run_step(out, y, inputs, pres, posts, norms)
@@ -508,11 +519,6 @@ class LockstepLearner:
                 self._backward(TORCH, self.weights, g, cache, self.biases, self._alpha(self._loss_scale(out.shape[1])),
                                top=self._split - 1)
         self.updates += 1
-        if self.config.weight_clip is not None:  # part of the update: before S&P, CBP and ReDo
-            clip_weights_(self._params, self._clip_bounds, kappa=self._clip_kappa)
-        if self.config.shrink_perturb is not None:
-            shrink_perturb(self._params, shrink=self._shrink, noise_std=self._noise_std, noise=self._noise,
-                           generators=[g if r in self._noisy else None for r, g in enumerate(self.generators)])
         if self._k > 1:  # CReLU: each unit's outputs as a pair, (R, batch, units, 2)
             posts = [h.reshape(*h.shape[:2], -1, self._k) for h in posts]
         if self.cbp is not None:

@@ -26,7 +26,7 @@ import torch
 from plasticity_gym_agents.config import L2InitConfig, OptimizerConfig, UPGDConfig, WeightClipConfig
 from plasticity_gym_agents.units import InitSpec, get_init
 
-__all__ = ["ReferenceOptimizer", "Scalar", "adam_update", "clip_bound", "clip_weights_", "l2_init_gradient",
+__all__ = ["ReferenceOptimizer", "Scalar", "adam_update", "clip_bound", "clip_weights_", "draw_noise", "l2_init_gradient",
            "module_clip_bounds", "replica_scalar", "sgd_update", "shrink_perturb", "upgd_update"]
 
 Scalar = float | torch.Tensor  # one value, or one per replica: shape (R,)
@@ -106,20 +106,26 @@ def adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
 
 
 @torch.no_grad()
+def draw_noise(noise: torch.Tensor, generators: Sequence[torch.Generator | None]) -> None:
+    """Replica ``r``'s standard normal noise for all its parameters, drawn as one block from
+    ``generators[r]`` into row ``r`` of ``noise`` (``(R, total size)``); ``None`` leaves the row as
+    it is (zero)."""
+    for r, gen in enumerate(generators):
+        if gen is not None:
+            torch.randn(noise.shape[1], generator=gen, out=noise[r])
+
+
 def shrink_perturb(params: list[torch.Tensor], *, shrink: Scalar, noise_std: Scalar,
-                   generators: Sequence[torch.Generator | None], noise: torch.Tensor) -> None:
-    """Shrink and Perturb after an update: w ← shrink·w + σ·ε, ε ~ N(0, 1). Replica ``r`` draws
-    ε for all its parameters as one block from ``generators[r]`` (``None``: no noise) into row
-    ``r`` of ``noise`` (``(R, total size)``, zero rows stay zero), split in parameter order."""
+                   noise: torch.Tensor | None) -> None:
+    """Shrink and Perturb after an update: w ← shrink·w + σ·ε, with ε the rows of ``noise`` (from
+    :func:`draw_noise`; ``None``: no noise) split in parameter order. No random draw happens here,
+    so the learner core runs it inside its compiled update step."""
     if not isinstance(shrink, float):
         torch._foreach_mul_(params, [along(shrink, p) for p in params])
     elif shrink != 1.0:
         torch._foreach_mul_(params, shrink)
-    if all(g is None for g in generators):
+    if noise is None:
         return
-    for r, gen in enumerate(generators):
-        if gen is not None:
-            torch.randn(noise.shape[1], generator=gen, out=noise[r])
     start = 0
     for p in params:
         size = p[0].numel()

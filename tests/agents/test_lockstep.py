@@ -203,10 +203,13 @@ def _pair_with(compile_mode, env_id="PermutedMNIST-v0", name="cbp", overrides=MN
 @pytest.mark.skipif(not __import__("plasticity_gym_agents.lockstep").lockstep._cxx_compiler_available(),
                     reason="torch.compile on the CPU needs a C++ compiler")
 @pytest.mark.parametrize("name,overrides", [("cbp", MNIST_CBP), ("backprop", {"network": {"hidden": [64, 32]}}),
-                                            ("adam", {"network": {"hidden": [64, 32]}})])
+                                            ("adam", {"network": {"hidden": [64, 32]}}),
+                                            ("shrink-perturb", {"network": {"hidden": [64, 32]}}),
+                                            ("weight-clip", {"network": {"hidden": [64, 32]}}),
+                                            ("cbp", {**MNIST_CBP, "shrink_perturb": {"noise_std": 1e-3}})])
 def test_compiled_step_equals_single_learners(name, overrides):
-    """The compiled plain-SGD or Adam step (forced here; "auto" uses it for large CPU networks and
-    for Adam) gives each seed the single learner's trajectory, CBP replacements included (300
+    """The compiled update step (forced here; "auto" uses it for large CPU networks and for Adam),
+    weight clipping and Shrink and Perturb included, gives each seed the single learner's trajectory, CBP replacements included (300
     steps, weights to 1e-4). The equality with autograd is tested in test_core_vs_autograd.py."""
     venv, lock, envs, singles = _pair_with(True, name=name, overrides=overrides)
     assert lock.compiled
