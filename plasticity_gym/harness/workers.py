@@ -185,18 +185,23 @@ def run_parts(parts: Sequence[WorkerPart], *, total: int, show_progress: bool, l
             readers[-1].start()
             proc.stdin.write(pickle.dumps(part))  # type: ignore[union-attr]
             proc.stdin.close()  # type: ignore[union-attr]
-        bar = Progress(total, enabled=show_progress, label=label, check_every=1)
+        bar: Progress | None = Progress(total, enabled=show_progress, label=label, check_every=1)
         running = set(range(len(parts)))
         while running:
             time.sleep(0.5)
-            bar.update(min(sum(done), total))
+            if bar is not None and sum(done) < total:
+                bar.update(sum(done))
+            elif bar is not None:  # every example done: the line ends here, not redrawn while workers finish
+                bar.close(total)
+                bar = None
             for i in sorted(running):
                 if procs[i].poll() is None:
                     continue
                 running.discard(i)
                 readers[i].join()  # the result line is read to the end
                 _check_outcome(parts[i], procs[i].returncode, outcomes[i])
-        bar.close(total)
+        if bar is not None:
+            bar.close(total)
         return [outcome[1] for outcome in outcomes]  # type: ignore[index]
     finally:
         for proc in procs:

@@ -33,10 +33,13 @@ def test_default_workers_split_only_many_lockstep_seeds_on_the_cpu(monkeypatch):
     assert default_workers(execution="sequential", device="cpu", n_seeds=many, threads=None) == 1
 
 
-def test_a_run_split_across_workers_equals_the_one_process_run():
-    kw = dict(scale="smoke", seeds=(0, 1, 2), lockstep="on", progress=False, threads=1)
-    one = evaluate("PermutedMNIST-v0", "cbp", workers=1, **kw)
-    split = evaluate("PermutedMNIST-v0", "cbp", workers=2, **kw)
+def test_a_run_split_across_workers_equals_the_one_process_run(capsys):
+    kw = dict(scale="smoke", seeds=(0, 1, 2), lockstep="on", threads=1)
+    one = evaluate("PermutedMNIST-v0", "cbp", workers=1, progress=False, **kw)
+    capsys.readouterr()
+    split = evaluate("PermutedMNIST-v0", "cbp", workers=2, progress=True, **kw)
+    shown = capsys.readouterr().err
+    assert shown.count("(100.0%)") == 1 and shown.endswith("\n")  # the full line once, not redrawn
     assert "processes" not in one.data["protocol"]
     assert split.data["protocol"]["processes"] == 2
     assert [r["seed"] for r in split.data["runs"]] == [0, 1, 2]
