@@ -7,6 +7,7 @@ with the most self time on the host and on the device, and the host-device synch
 
     python bench/profile_step.py --device cuda --agent cbp --hidden 2000 2000 2000 --seeds 2
     python bench/profile_step.py --agent cbp --hidden 100 100 100 --seeds 32 --steps 300
+    python bench/profile_step.py --agent shrink-perturb --hidden 100 100 100 --seeds 3 --compile on
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="the learner's update step through torch.compile (default: its own choice)")
     args = parser.parse_args()
     configure_cpu()  # as plasticity-gym runs: denormals flushed to zero
 
     learner, step = lockstep_step(args.env, args.agent, {"network": {"hidden": args.hidden}}, args.seeds,
-                                  args.device)
+                                  args.device, compile={"on": True, "off": False}.get(args.compile, "auto"))
 
     def sync() -> None:
         if args.device == "cuda":

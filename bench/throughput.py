@@ -175,13 +175,13 @@ def single_learner(env_id: str, agent: str, overrides: dict, seconds: float) -> 
 
 
 def lockstep_step(env_id: str, agent: str, overrides: dict, n_seeds: int,
-                  device: str) -> tuple[LockstepLearner, Callable[[], None]]:
+                  device: str, compile: bool | str = "auto") -> tuple[LockstepLearner, Callable[[], None]]:
     """A lockstep learner of ``n_seeds`` on the native vector env, and one step of the two, as
     ``plasticity-gym run`` drives them (also used by ``bench/profile_step.py``)."""
     venv = gym.make_vec(env_id, num_envs=n_seeds, vectorization_mode="vector_entry_point", scale="cpu")
     osp, asp = venv.single_observation_space, venv.single_action_space
     config = resolve_config(agent, osp, asp, env_id=env_id, scale="cpu", overrides=overrides)
-    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device=device)
+    learner = LockstepLearner(agent, config, osp, asp, seeds=range(n_seeds), device=device, compile=compile)
     state = dict(zip(("obs", "info"), venv.reset(seed=0)))
     # On an accelerator the stream is mirrored there a block at a time, as `plasticity-gym run` does.
     stream = DeviceStream(venv, learner.device) if mirror_on_device(learner, venv) else None
