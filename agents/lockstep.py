@@ -616,23 +616,32 @@ class LockstepLearner:
             self._deferred[layer].flush(self.weights[layer])
 
     def _use_compile(self, request: bool | str) -> bool:
-        """Whether the update step runs through ``torch.compile`` (plain SGD without deferred
-        layers or the numpy path, or Adam). With ``"auto"``, on the CPU when a C++ compiler is
-        installed, for Adam (Inductor fuses its dozen elementwise passes per parameter into one)
-        and for CBP on large networks (its column |w| sums fused into the update: measured
-        1.1–1.2× with 32 seeds of the 3×100 MNIST net; plain backprop ran 5% slower compiled)."""
+        """Whether the update step runs through ``torch.compile`` (any torch-path step; the
+        deferred bottom layers stay eager). With ``"auto"``, on the CPU when a C++ compiler is
+        installed: Adam (Inductor fuses its dozen elementwise passes per parameter into one); CBP
+        on large networks (its column |w| sums fused into the update: measured 1.1–1.2× with 32
+        seeds of the 3×100 MNIST net; plain backprop ran 5% slower compiled); and SGD with
+        momentum or weight decay, and Shrink and Perturb, from one 3×100 MNIST net on (3 seeds
+        of that net, ``bench/profile_step.py --compile on|off``: L2 1.35–1.45×, S&P 1.15–1.3×). L2 Init, UPGD,
+        LayerNorm and weight clipping stay eager under "auto": not measured compiled yet."""
         if request not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {request!r}")
-        plain = self._plain_sgd and not self._numpy and set(self._deferred) == set(range(self._split))
-        if request is False or not (plain or self.adam):
+        # (the numpy path is not torch; the deferred layers' updates run eagerly below the step)
+        eligible = not self._numpy and set(self._deferred) == set(range(self._split))
+        if request is False or not eligible:
             return False
         if request is True:
             return True
         if self.device.type != "cpu" or not _cxx_compiler_available() or _torch_version() < _COMPILE_TESTED_TORCH:
             return False
         n_weights = sum(w.numel() for w in self.weights)
+        config = self.config
+        sgd_with_state_or_noise = (not self.adam and config.l2_init is None and config.upgd is None
+                                   and not config.network.layer_norm and config.weight_clip is None
+                                   and config.cbp is None and (not self._plain_sgd or config.shrink_perturb is not None))
         return self.adam and n_weights >= _COMPILE_MIN_ADAM or (
-            bool(self._out_magnitude_layers) and n_weights >= _COMPILE_MIN_ELEMENTS)
+            bool(self._out_magnitude_layers) and n_weights >= _COMPILE_MIN_ELEMENTS) or (
+            sgd_with_state_or_noise and n_weights >= _COMPILE_MIN_SGD)
 
     def _run_step(self, *args: Any) -> list[torch.Tensor]:
         """The update step, compiled when ``self.compiled``. If compiling fails (no working C++
@@ -702,6 +711,9 @@ _NUMPY_MAX_ELEMENTS = 1 << 16
 # Networks (all seeds together) of at least this many weights run compiled on the CPU ("auto"):
 # 3×100 MNIST nets from 6 seeds on. Below it compiling (seconds) does not pay for itself soon.
 _COMPILE_MIN_ELEMENTS = 1 << 19
+# SGD with momentum or weight decay, and Shrink and Perturb, compiled ("auto", CPU) from this many
+# weights over all seeds: one 3×100 MNIST net (89,610); SlowRegression's tiny nets gained nothing.
+_COMPILE_MIN_SGD = 1 << 16
 # Adam compiled ("auto", CPU) from this many weights over all seeds: measured 1.2× (SlowRegression,
 # 5 seeds) to 3× (PermutedMNIST 3×100, 3 seeds) the eager step once compiled (a few seconds);
 # a single tiny network stays eager.

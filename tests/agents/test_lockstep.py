@@ -205,6 +205,7 @@ def _pair_with(compile_mode, env_id="PermutedMNIST-v0", name="cbp", overrides=MN
 @pytest.mark.parametrize("name,overrides", [("cbp", MNIST_CBP), ("backprop", {"network": {"hidden": [64, 32]}}),
                                             ("adam", {"network": {"hidden": [64, 32]}}),
                                             ("shrink-perturb", {"network": {"hidden": [64, 32]}}),
+                                            ("l2", {"network": {"hidden": [64, 32]}}),
                                             ("weight-clip", {"network": {"hidden": [64, 32]}}),
                                             ("cbp", {**MNIST_CBP, "shrink_perturb": {"noise_std": 1e-3}})])
 def test_compiled_step_equals_single_learners(name, overrides):
@@ -218,6 +219,24 @@ def test_compiled_step_equals_single_learners(name, overrides):
     _assert_same_weights(lock, singles)
     if lock.cbp:
         assert all(s.replacements.min() > 0 for s in lock.cbp)
+
+
+@pytest.mark.skipif(not __import__("plasticity_gym_agents.lockstep").lockstep._cxx_compiler_available(),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_auto_compiles_the_steps_measured_faster_compiled():
+    """``compile="auto"`` on the CPU: Adam, SGD with weight decay and Shrink and Perturb on a
+    3-seed 3×100 MNIST net; not plain backprop (slower compiled), not CBP below its size, not the
+    methods not yet measured compiled, and not SlowRegression's tiny nets (numpy, or no gain)."""
+    def compiled(env_id, name, seeds):
+        venv = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", scale="cpu")
+        osp, asp = venv.single_observation_space, venv.single_action_space
+        cfg = resolve_config(name, osp, asp, env_id=env_id, scale="cpu")
+        return LockstepLearner(name, cfg, osp, asp, seeds=range(seeds), device="cpu").compiled
+
+    on = {name for name in ("adam", "l2", "shrink-perturb", "backprop", "cbp", "l2-init", "upgd", "layernorm",
+                            "weight-clip", "crelu") if compiled("PermutedMNIST-v0", name, 3)}
+    assert on == {"adam", "l2", "shrink-perturb"}
+    assert not any(compiled("SlowRegression-v0", name, 5) for name in ("l2", "shrink-perturb", "backprop"))
 
 
 @pytest.mark.skipif(not __import__("plasticity_gym_agents.lockstep").lockstep._cxx_compiler_available(),
