@@ -37,7 +37,7 @@ from plasticity_gym.harness.sweep_backends import available_cores, run_local, ru
 from plasticity_gym.harness.sweep_plan import Plan, plan_sweep, plan_stage
 from plasticity_gym.harness.sweep_spec import SweepError, SweepSpec, load_sweep
 from plasticity_gym.harness.sweep_summary import SweepSummary, collect, merged_result, plot_sweep, select
-from plasticity_gym.harness.sweep_task import Task, TaskOutcome, error_file, progress_file, run_file
+from plasticity_gym.harness.sweep_task import Task, TaskOutcome, checkpoint_file, error_file, progress_file, run_file
 
 __all__ = ["SweepError", "SweepReport", "run_sweep"]
 
@@ -174,6 +174,10 @@ def _run_stage(plan: Plan, stage: str, tasks: list[Task], out: Path, report: Swe
 
     done_before = {(d, s) for t in tasks for d, s in t.runs if finished(d, s)}
     pending = [t for t in tasks if not all(r in done_before for r in t.runs)]
+    for t in tasks:  # finished: a kill between writing its results and its clean-up left these behind
+        if t not in pending and not dry_run:
+            checkpoint_file(out, t.id).unlink(missing_ok=True)
+            progress_file(out, t.id).unlink(missing_ok=True)
     skipped = len(done_before)
     report.skipped += skipped
     labels = {ps.dir: ps.label for ps in plan.settings}

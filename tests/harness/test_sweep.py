@@ -19,7 +19,7 @@ from plasticity_gym.harness.sweep import run_sweep
 from plasticity_gym.harness.sweep_cli import main as sweep_main
 from plasticity_gym.harness.sweep_plan import plan_stage, plan_sweep
 from plasticity_gym.harness.sweep_spec import SweepError, line_of, parse_sweep
-from plasticity_gym.harness.sweep_task import run_file
+from plasticity_gym.harness.sweep_task import checkpoint_file, progress_file, run_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -216,6 +216,21 @@ def test_a_failing_run_is_reported_the_others_finish_and_a_rerun_retries_only_it
 
 
 # --------------------------------------------------------------------------- interrupted sweeps
+def test_a_rerun_removes_what_a_kill_after_a_tasks_results_left_behind(tmp_path):
+    """Killed after a task wrote its results but before it removed its checkpoint: the rerun
+    skips the task (its runs are done) and removes the leftovers."""
+    spec = parse_sweep(tiny(), write(tmp_path, tiny()))
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, jobs=1, progress=False, echo=quiet).ok
+    (task,) = plan_stage(plan_sweep(spec), "search", range(3), spec.search_seeds)
+    leftovers = [checkpoint_file(out, task.id), progress_file(out, task.id)]
+    for path in leftovers:
+        path.write_text("left by a kill")
+    again = run_sweep(spec, out, jobs=1, progress=False, echo=quiet)
+    assert again.ok and not again.computed
+    assert not any(path.exists() for path in leftovers)
+
+
 def test_a_killed_sweep_resumes_without_recomputing_and_equals_an_uninterrupted_one(tmp_path):
     # 2 rates x 4 seeds, one seed per task (4 lockstep tasks of 2 replicas), checkpoints every 500
     # examples, 2 worker processes.
