@@ -163,7 +163,7 @@ class LockstepLearner:
         ws, bs = self._np if self._numpy else (self.weights, self.biases)
         self._affine = [(w, w.swapaxes(1, 2), b[:, None, :]) for w, b in zip(ws, bs)]
         # CBP reads its consumer layers' column |w| sums right after the update; under plain SGD
-        # with nothing in between (no Shrink and Perturb) the train step returns them.
+        # the train step returns them (clipping and Shrink and Perturb are part of that step).
         self._out_magnitude_layers = (tuple(range(1, len(self.weights)))
                                       if config.cbp is not None and self._plain_sgd else ())
         self._compile_request = compile
@@ -478,9 +478,10 @@ class LockstepLearner:
     def _train_step(self, out: torch.Tensor, y: torch.Tensor, inputs: list, pres: list,
                     posts: list, norms: list) -> list[torch.Tensor]:
         """One update of every replica — plain SGD straight into the weights, else through the
-        gradients and the optimizer; then weight clipping and Shrink and Perturb — returning the gradient flowing into the layers below
-        ``_split`` (updated by the caller: their updates are deferred) and the column |w| sums of
-        the layers CBP reads (``_out_magnitude_layers``). Run as is, or compiled."""
+        gradients and the optimizer; then weight clipping and Shrink and Perturb — returning the
+        gradient flowing into the layers below ``_split`` (updated by the caller: their updates
+        are deferred) and the column |w| sums of the layers CBP reads (``_out_magnitude_layers``).
+        Run as is, or compiled."""
         g, scale = self._output_gradient(TORCH, out, y)
         if self._plain_sgd:
             g = self._backward(TORCH, self.weights, g, (inputs, pres, posts, norms), self.biases, self._alpha(scale),
@@ -622,8 +623,9 @@ class LockstepLearner:
         on large networks (its column |w| sums fused into the update: measured 1.1–1.2× with 32
         seeds of the 3×100 MNIST net; plain backprop ran 5% slower compiled); and SGD with
         momentum or weight decay, and Shrink and Perturb, from one 3×100 MNIST net on (3 seeds
-        of that net, ``bench/profile_step.py --compile on|off``: L2 1.35–1.45×, S&P 1.15–1.3×). L2 Init, UPGD,
-        LayerNorm and weight clipping stay eager under "auto": not measured compiled yet."""
+        of that net, ``bench/profile_step.py --compile on|off``: L2 1.35–1.45×, S&P 1.15–1.3×).
+        L2 Init, UPGD, LayerNorm and weight clipping stay eager under "auto": not measured
+        compiled yet."""
         if request not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {request!r}")
         # (the numpy path is not torch; the deferred layers' updates run eagerly below the step)

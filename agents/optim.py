@@ -26,8 +26,8 @@ import torch
 from plasticity_gym_agents.config import L2InitConfig, OptimizerConfig, UPGDConfig, WeightClipConfig
 from plasticity_gym_agents.units import InitSpec, get_init
 
-__all__ = ["ReferenceOptimizer", "Scalar", "adam_update", "clip_bound", "clip_weights_", "draw_noise", "l2_init_gradient",
-           "module_clip_bounds", "replica_scalar", "sgd_update", "shrink_perturb", "upgd_update"]
+__all__ = ["ReferenceOptimizer", "Scalar", "adam_update", "clip_bound", "clip_weights_", "draw_noise",
+           "l2_init_gradient", "module_clip_bounds", "replica_scalar", "sgd_update", "shrink_perturb", "upgd_update"]
 
 Scalar = float | torch.Tensor  # one value, or one per replica: shape (R,)
 
@@ -115,6 +115,7 @@ def draw_noise(noise: torch.Tensor, generators: Sequence[torch.Generator | None]
             torch.randn(noise.shape[1], generator=gen, out=noise[r])
 
 
+@torch.no_grad()
 def shrink_perturb(params: list[torch.Tensor], *, shrink: Scalar, noise_std: Scalar,
                    noise: torch.Tensor | None) -> None:
     """Shrink and Perturb after an update: w ← shrink·w + σ·ε, with ε the rows of ``noise`` (from
