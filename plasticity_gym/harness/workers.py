@@ -191,7 +191,7 @@ def run_parts(parts: Sequence[WorkerPart], *, total: int, show_progress: bool, l
             time.sleep(0.5)
             if bar is not None and sum(done) < total:
                 bar.update(sum(done))
-            elif bar is not None:  # every example done: the line ends here, not redrawn while workers finish
+            elif bar is not None:  # every example done: end the line, not redrawn while workers finish
                 bar.close(total)
                 bar = None
             for i in sorted(running):
