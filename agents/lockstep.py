@@ -143,6 +143,26 @@ class LockstepLearner:
         self._params = ([t for pair in zip(self.weights, self.biases) for t in pair]
                         + [t for pair in zip(self.norm_scales, self.norm_shifts) for t in pair])
         self.generators = [torch.Generator(device=self.device).manual_seed(s + 1) for s in self.seeds]
+        # L2 Init, UPGD and LayerNorm's scales and shifts need the gradients: they take the
+        # optimizer path, not plain SGD's.
+        self._plain_sgd = (all(c.optimizer.name == "sgd" and c.optimizer.momentum == 0.0
+                               and c.optimizer.weight_decay == 0.0 for c in self.configs)
+                           and config.l2_init is None and config.upgd is None and not config.network.layer_norm)
+        self._deferred = self._deferred_updates()
+        # The bottom layers whose updates are deferred: the train step stops above them (so it
+        # can be compiled), and the rest of the backward pass runs eagerly.
+        self._split = next(i for i in range(len(self.weights) + 1) if i not in self._deferred)
+        # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
+        # overhead: their forward and backward passes run in numpy on views of the tensors
+        # (LayerNorm's are torch only). With an optimizer or Shrink and Perturb their parameters
+        # live in one (R, total) tensor, which the update acts on in one call per operation, not
+        # one per parameter (plain SGD's in-place numpy updates ran 10% slower on its views).
+        self._numpy = (self.device.type == "cpu" and not config.network.layer_norm and not self._deferred
+                       and sum(w.numel() for w in self.weights) <= _NUMPY_MAX_ELEMENTS)
+        flat = self._numpy and (not self._plain_sgd or config.shrink_perturb is not None)
+        self._flat = self._flatten_parameters() if flat else None
+        # What the optimizer and Shrink and Perturb update: the flat tensor, or the parameters.
+        self._update_params = [self._flat] if self._flat is not None else self._params
         self._init_hyperparameters()
         self._init_optimizer_state()
         widths = [int(w.shape[1]) for w in self.weights[:-1]]
@@ -150,14 +170,6 @@ class LockstepLearner:
                     if config.cbp else None)
         self.redo = DormantUnits(widths, self.n, [c.redo for c in self.configs], self.device) if config.redo else None
         self.snr = FiringStatistics(widths, self.n, [c.snr for c in self.configs], self.device) if config.snr else None
-        self._deferred = self._deferred_updates()
-        # The bottom layers whose updates are deferred: the train step stops above them (so it
-        # can be compiled), and the rest of the backward pass runs eagerly.
-        self._split = next(i for i in range(len(self.weights) + 1) if i not in self._deferred)
-        # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
-        # overhead: their forward, backward and SGD step run in numpy on views of the tensors.
-        self._numpy = (self.device.type == "cpu" and self._plain_sgd and not self._deferred
-                       and sum(w.numel() for w in self.weights) <= _NUMPY_MAX_ELEMENTS)
         self._np = ([w.numpy() for w in self.weights], [b.numpy() for b in self.biases]) if self._numpy else None
         # Each layer's (w, wᵀ, bias row) views for the forward pass, made once (views stay valid).
         ws, bs = self._np if self._numpy else (self.weights, self.biases)
@@ -190,15 +202,11 @@ class LockstepLearner:
         self.weight_decay = per_replica([o.weight_decay for o in oc])
         self.betas = (per_replica([o.betas[0] for o in oc]), per_replica([o.betas[1] for o in oc]))
         self.eps = per_replica([o.eps for o in oc])
-        # L2 Init and UPGD need the gradients: they take the optimizer path, not plain SGD's.
-        self._plain_sgd = (not self.adam and all(o.momentum == 0.0 and o.weight_decay == 0.0 for o in oc)
-                           and self.config.l2_init is None and self.config.upgd is None)
-        if self.config.network.layer_norm:  # LayerNorm's scales and shifts take the gradient path
-            self._plain_sgd = False
         if self.config.l2_init is not None:  # θ₀: the weights as built (kept apart from opt_state,
             # whose slices unit surgery zeroes)
             self._l2_strength = per_replica([c.l2_init.strength for c in self.configs])
-            self._initial = [p.clone() for p in self._params]
+            self._initial, self._update_initial = self._zeros_like_params()
+            torch._foreach_copy_(self._initial, self._params)
         if self.config.weight_clip is not None:
             self._clip_kappa = per_replica([c.weight_clip.kappa for c in self.configs])
             self._clip_bounds = [clip_bound(spec) for spec in self.init_specs for _ in range(2)]  # w, b
@@ -458,7 +466,7 @@ class LockstepLearner:
         for i in range(len(weights) - 1 if top is None else top, bottom - 1, -1):
             g_prev = xp.bmm(g, weights[i]) if i > 0 else None
             if biases is None:
-                grads[:0] = [torch.bmm(g.transpose(1, 2), inputs[i]), g.sum(1)]
+                grads[:0] = [xp.bmm(g.mT, inputs[i]), g.sum(1)]
             else:
                 deferred = self._deferred.get(i)
                 if deferred is None:
@@ -498,7 +506,7 @@ class LockstepLearner:
         if self.config.weight_clip is not None:
             clip_weights_(self._params, self._clip_bounds, kappa=self._clip_kappa)
         if self.config.shrink_perturb is not None:
-            shrink_perturb(self._params, shrink=self._shrink, noise_std=self._noise_std,
+            shrink_perturb(self._update_params, shrink=self._shrink, noise_std=self._noise_std,
                            noise=self._noise if self._noisy else None)
 
     @torch.no_grad()
@@ -510,7 +518,13 @@ class LockstepLearner:
             draw_noise(self._noise, [g if r in self._noisy else None for r, g in enumerate(self.generators)])
         if self._numpy:
             g, scale = self._output_gradient(NUMPY, out, y)
-            self._backward(NUMPY, self._np[0], g, cache, self._np[1], self._alpha(scale))
+            if self._plain_sgd:
+                self._backward(NUMPY, self._np[0], g, cache, self._np[1], self._alpha(scale))
+            else:  # the gradients, laid out as the flat parameters
+                if scale != 1.0:
+                    g *= np.float32(scale)
+                grads = self._backward(NUMPY, self._np[0], g, cache)
+                self._optimizer_step([torch.from_numpy(np.concatenate([a.reshape(self.n, -1) for a in grads], 1))])
             self._finish_update()
             posts = [torch.from_numpy(h) for h in posts]  # for CBP / ReDo, zero-copy
         else:
@@ -534,23 +548,57 @@ class LockstepLearner:
                 ("utility", "utility_correction") if self.config.upgd is not None else
                 ("momentum_buffer",) if not self._plain_sgd and any(
                     c.optimizer.momentum > 0 for c in self.configs) else ())
-        self.opt_state: dict[str, list[torch.Tensor]] = {k: [torch.zeros_like(p) for p in self._params] for k in keys}
-        self._scratch = [torch.empty_like(p) for p in self._params] if self.adam else None
+        # Each state tensor per parameter (unit surgery and checkpoints use these), and as the
+        # update takes it (the same memory: one flat tensor on the flat layout).
+        self.opt_state: dict[str, list[torch.Tensor]] = {}
+        self._update_state: dict[str, list[torch.Tensor]] = {}
+        for k in keys:
+            self.opt_state[k], self._update_state[k] = self._zeros_like_params()
+        self._scratch = [torch.empty_like(p) for p in self._update_params] if self.adam else None
+
+    def _flatten_parameters(self) -> torch.Tensor:
+        """Move every parameter into one ``(R, total)`` tensor, in ``_params`` order, and make the
+        weights, biases and ``_params`` views of it; returns it."""
+        flat = torch.cat([p.reshape(self.n, -1) for p in self._params], 1)
+        self._params = self._views(flat)
+        n_layers = len(self.weights)
+        self.weights, self.biases = self._params[0:2 * n_layers:2], self._params[1:2 * n_layers:2]
+        self.norm_scales, self.norm_shifts = self._params[2 * n_layers::2], self._params[2 * n_layers + 1::2]
+        return flat
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``flat`` ``(R, total)`` split into tensors shaped like the parameters (views)."""
+        views, start = [], 0
+        for p in self._params:
+            size = p[0].numel()
+            views.append(flat[:, start:start + size].view(p.shape))
+            start += size
+        return views
+
+    def _zeros_like_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Zeros shaped like the parameters, as (one per parameter, what the update takes): on the
+        flat layout, views of one new flat tensor and [that tensor]; else the same list twice."""
+        if self._flat is None:
+            tensors = [torch.zeros_like(p) for p in self._params]
+            return tensors, tensors
+        flat = torch.zeros_like(self._flat)
+        return self._views(flat), [flat]
 
     def _optimizer_step(self, grads: list[torch.Tensor]) -> None:
-        st = self.opt_state
+        """The optimizer's update from ``grads``, shaped like ``_update_params``."""
+        st, params = self._update_state, self._update_params
         if self.config.l2_init is not None:
-            grads = l2_init_gradient(grads, self._params, self._initial, strength=self._l2_strength)
+            grads = l2_init_gradient(grads, params, self._update_initial, strength=self._l2_strength)
         if self.config.upgd is not None:
-            upgd_update(self._params, grads, st["utility"], st["utility_correction"], lr=self.lr,
+            upgd_update(params, grads, st["utility"], st["utility_correction"], lr=self.lr,
                         **self._upgd, noise=self._upgd_noise,
                         generators=[g if r in self._upgd_noisy else None for r, g in enumerate(self.generators)])
         elif self.adam:
-            adam_update(self._params, grads, st["exp_avg"], st["exp_avg_sq"], st["bias_correction1"],
+            adam_update(params, grads, st["exp_avg"], st["exp_avg_sq"], st["bias_correction1"],
                         st["bias_correction2"], lr=self.lr, scratch=self._scratch,
                         beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay)
         else:
-            sgd_update(self._params, grads, st.get("momentum_buffer"), lr=self.lr, momentum=self.momentum,
+            sgd_update(params, grads, st.get("momentum_buffer"), lr=self.lr, momentum=self.momentum,
                        weight_decay=self.weight_decay)
 
     # -- unit surgery: CBP and ReDo ------------------------------------------------------------
@@ -716,9 +764,10 @@ _COMPILE_MIN_ELEMENTS = 1 << 19
 # SGD with momentum or weight decay, and Shrink and Perturb, compiled ("auto", CPU) from this many
 # weights over all seeds: one 3×100 MNIST net (89,610); SlowRegression's tiny nets gained nothing.
 _COMPILE_MIN_SGD = 1 << 16
-# Adam compiled ("auto", CPU) from this many weights over all seeds: measured 1.2× (SlowRegression,
-# 5 seeds) to 3× (PermutedMNIST 3×100, 3 seeds) the eager step once compiled (a few seconds);
-# a single tiny network stays eager.
+# Adam compiled ("auto", CPU) from this many weights over all seeds: measured 3× the eager step
+# (PermutedMNIST 3×100, 3 seeds) once compiled (a few seconds); a single tiny network stays eager.
+# (Networks up to _NUMPY_MAX_ELEMENTS take the numpy path instead, unless they have LayerNorm:
+# SlowRegression's 5 seeds ran 1.2× as fast there as compiled.)
 _COMPILE_MIN_ADAM = 1 << 9
 # "auto" compiles only under torch versions whose compiled step this project's tests have run
 # (under 2.11 the CPU-compiled step was measured wrong on a 16-core machine).

@@ -130,7 +130,8 @@ def shrink_perturb(params: list[torch.Tensor], *, shrink: Scalar, noise_std: Sca
     start = 0
     for p in params:
         size = p[0].numel()
-        _scaled_add_(p, noise[:, start:start + size].view(p.shape), noise_std)
+        # (one parameter that spans the noise, a flat layout's, takes it as is: a view costs as much as the add)
+        _scaled_add_(p, noise if p.shape == noise.shape else noise[:, start:start + size].view(p.shape), noise_std)
         start += size
 
 

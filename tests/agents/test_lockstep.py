@@ -76,8 +76,11 @@ CASES = [
 @pytest.mark.parametrize("name,overrides", CASES)
 def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
     venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
-    assert lock._numpy == (lock.config.optimizer.name == "sgd" and lock.config.optimizer.momentum == 0
-                           and lock.config.optimizer.weight_decay == 0)
+    assert lock._numpy  # tiny networks: numpy passes; with an optimizer or S&P, the parameters in one tensor
+    assert (lock._flat is not None) == (name in ("adam", "l2", "shrink-perturb") or "optimizer" in (overrides or {}))
+    if lock._flat is not None:
+        starts = np.cumsum([0] + [p[0].numel() for p in lock._params])
+        assert all(p.data_ptr() == lock._flat[:, start:].data_ptr() for p, start in zip(lock._params, starts))
     _run(venv, lock, envs, singles, 1500)
     _assert_same_weights(lock, singles)
     if lock.cbp:
@@ -89,15 +92,15 @@ def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
         assert lock.redo.replacements.sum() > 0
 
 
-@pytest.mark.parametrize("name,overrides", [CASES[0], CASES[3], CASES[4], CASES[7]])
+@pytest.mark.parametrize("name,overrides", [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4], CASES[7]])
 def test_torch_path_of_small_networks_equals_single_learners(name, overrides, monkeypatch):
-    """Tiny plain-SGD networks take the numpy path on the CPU; the torch one (GPU, larger nets)
-    must give the same trajectories."""
+    """Tiny networks take the numpy path and the flat parameter layout on the CPU; the torch path
+    (GPU, larger nets), with a tensor per parameter, must give the same trajectories."""
     import plasticity_gym_agents.lockstep as lockstep
 
     monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)
     venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
-    assert not lock._numpy
+    assert not lock._numpy and lock._flat is None
     _run(venv, lock, envs, singles, 800)
     _assert_same_weights(lock, singles)
 
