@@ -87,10 +87,15 @@ def test_plain_sgd_equals_autograd_on_both_array_paths(activation, regression, m
 
 @pytest.mark.parametrize("grid", [g for g in OPTIMIZER_GRIDS if g != "sgd"])
 @pytest.mark.parametrize("regression", [False, True])
-def test_optimizers_equal_torch_optim(grid, regression):
+def test_optimizers_equal_torch_optim(grid, regression, monkeypatch):
     """SGD with momentum and L2, and Adam (per-element step counts, no surgery), equal torch.optim
-    over 60 steps of batch 4, with hyperparameters that differ per replica (or not)."""
-    _check_against_autograd(_configs("tanh", OPTIMIZER_GRIDS[grid]), regression)
+    over 60 steps of batch 4, with hyperparameters that differ per replica (or not), on both
+    array paths: numpy's passes with the parameters in one flat tensor (tiny CPU nets), and torch's."""
+    core = _check_against_autograd(_configs("tanh", OPTIMIZER_GRIDS[grid]), regression)
+    assert core._numpy and core._flat is not None
+    monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)
+    core = _check_against_autograd(_configs("tanh", OPTIMIZER_GRIDS[grid]), regression)
+    assert not core._numpy and core._flat is None
 
 
 def test_reference_optimizer_equals_torch_optim():
