@@ -132,6 +132,10 @@ def test_deferred_updates_of_large_layers_equal_single_learners(name, overrides)
 
 @pytest.mark.parametrize("env_id,name,overrides,before,after", [
     ("SlowRegression-v0", "cbp", {"cbp": {"replacement_rate": 0.01, "maturity": 20}}, 300, 300),
+    # the flat parameter layout: Adam's per-element state under unit surgery, S&P's generators
+    ("SlowRegression-v0", "cbp", {"optimizer": {"name": "adam", "lr": 1e-3},
+                                  "cbp": {"replacement_rate": 0.01, "maturity": 20}}, 300, 300),
+    ("SlowRegression-v0", "shrink-perturb", {"shrink_perturb": {"weight_decay": 1e-2, "noise_std": 1e-3}}, 300, 300),
     # pickled with 13 rank-1 updates of the input layer still deferred
     ("PermutedMNIST-v0", "backprop", {"network": {"hidden": [400, 8]}}, 45, 40),
 ])
