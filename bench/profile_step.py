@@ -8,6 +8,7 @@ with the most self time on the host and on the device, and the host-device synch
     python bench/profile_step.py --device cuda --agent cbp --hidden 2000 2000 2000 --seeds 2
     python bench/profile_step.py --agent cbp --hidden 100 100 100 --seeds 32 --steps 300
     python bench/profile_step.py --agent shrink-perturb --hidden 100 100 100 --seeds 3 --compile on
+    python bench/profile_step.py --env SlowRegression-v0 --agent l2 --hidden 5 --seeds 5 --torch-path
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from throughput import lockstep_step  # bench/ is the script's directory, so on sys.path
 from torch.profiler import ProfilerActivity, profile
 
+import plasticity_gym_agents.lockstep as lockstep
 from plasticity_gym.harness.threads import configure_cpu
 
 _SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
@@ -37,8 +39,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help="the learner's update step through torch.compile (default: its own choice)")
+    parser.add_argument("--torch-path", action="store_true",
+                        help="a tiny CPU network takes the torch path, not numpy's passes (to compare the two)")
     args = parser.parse_args()
     configure_cpu()  # as plasticity-gym runs: denormals flushed to zero
+    if args.torch_path:  # (a diagnostic may reach into the learner core's size rule)
+        lockstep._NUMPY_MAX_ELEMENTS = 0
 
     learner, step = lockstep_step(args.env, args.agent, {"network": {"hidden": args.hidden}}, args.seeds,
                                   args.device, compile={"on": True, "off": False}.get(args.compile, "auto"))
@@ -55,7 +61,8 @@ def main() -> None:
         step()
     sync()
     plain = time.perf_counter() - start
-    print(f"{args.agent} {args.hidden} x {args.seeds} seeds on {args.device} (compiled: {learner.compiled}): "
+    print(f"{args.agent} {args.hidden} x {args.seeds} seeds on {args.device} (compiled: {learner.compiled}, "
+          f"numpy passes: {learner._numpy}): "
           f"{args.steps / plain:,.0f} steps/s unprofiled, {args.steps * args.seeds / plain:,.0f} seed-ex/s")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
