@@ -151,7 +151,8 @@ TORCH = SimpleNamespace(
     minimum0=lambda x: x.clamp_max(0.0), bmm=torch.bmm, affine=_torch_affine,
     relu_backward=lambda g, post: torch.ops.aten.threshold_backward(g, post, 0.0),  # one fused op
     add_outer_=_torch_add_outer_, add_rows_=_torch_add_rows_, softmax_minus_onehot=_torch_softmax_minus_onehot,
-    unit_mean=_torch_unit_mean, clamp_min=torch.clamp_min, stack=torch.stack)
+    unit_mean=_torch_unit_mean, clamp_min=torch.clamp_min, stack=torch.stack, addcmul=torch.addcmul,
+    mean_units=lambda x: x.mean(2, keepdim=True), rsqrt=torch.rsqrt)
 # numpy float32 arrays (the CPU, tiny networks)
 NUMPY = SimpleNamespace(
     relu=lambda x: np.maximum(x, 0), tanh=np.tanh, sigmoid=lambda x: 1 / (1 + np.exp(-x)), expm1=np.expm1,
@@ -159,4 +160,5 @@ NUMPY = SimpleNamespace(
     minimum0=lambda x: np.minimum(x, 0), bmm=np.matmul, affine=lambda h, w, wt, b_row: np.matmul(h, wt) + b_row,
     relu_backward=lambda g, post: np.multiply(g, post > 0, out=g),
     add_outer_=_numpy_add_outer_, add_rows_=_numpy_add_rows_, softmax_minus_onehot=_numpy_softmax_minus_onehot,
-    unit_mean=_numpy_unit_mean, clamp_min=np.maximum, stack=np.stack)
+    unit_mean=_numpy_unit_mean, clamp_min=np.maximum, stack=np.stack, addcmul=lambda a, b, c: a + b * c,
+    mean_units=lambda x: x.mean(2, keepdims=True), rsqrt=lambda x: 1 / np.sqrt(x))

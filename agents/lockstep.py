@@ -153,11 +153,11 @@ class LockstepLearner:
         # can be compiled), and the rest of the backward pass runs eagerly.
         self._split = next(i for i in range(len(self.weights) + 1) if i not in self._deferred)
         # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
-        # overhead: their forward and backward passes run in numpy on views of the tensors
-        # (LayerNorm's are torch only). With an optimizer or Shrink and Perturb their parameters
+        # overhead: their forward and backward passes run in numpy on views of the tensors, through
+        # the same code as torch's (the array layer). With an optimizer or Shrink and Perturb their parameters
         # live in one (R, total) tensor, which the update acts on in one call per operation, not
         # one per parameter (plain SGD's in-place numpy updates ran 10% slower on its views).
-        self._numpy = (self.device.type == "cpu" and not config.network.layer_norm and not self._deferred
+        self._numpy = (self.device.type == "cpu" and not self._deferred
                        and sum(w.numel() for w in self.weights) <= _NUMPY_MAX_ELEMENTS)
         flat = self._numpy and (not self._plain_sgd or config.shrink_perturb is not None)
         self._flat = self._flatten_parameters() if flat else None
@@ -171,9 +171,12 @@ class LockstepLearner:
         self.redo = DormantUnits(widths, self.n, [c.redo for c in self.configs], self.device) if config.redo else None
         self.snr = FiringStatistics(widths, self.n, [c.snr for c in self.configs], self.device) if config.snr else None
         self._np = ([w.numpy() for w in self.weights], [b.numpy() for b in self.biases]) if self._numpy else None
-        # Each layer's (w, wᵀ, bias row) views for the forward pass, made once (views stay valid).
+        # Each layer's (w, wᵀ, bias row) views for the forward pass, made once (views stay valid),
+        # and each hidden layer's LayerNorm (γ row, β row).
         ws, bs = self._np if self._numpy else (self.weights, self.biases)
         self._affine = [(w, w.swapaxes(1, 2), b[:, None, :]) for w, b in zip(ws, bs)]
+        self._norm_rows = [(s.numpy() if self._numpy else s)[:, None, :] for pair in zip(self.norm_scales, self.norm_shifts)
+                           for s in pair]
         # CBP reads its consumer layers' column |w| sums right after the update; under plain SGD
         # the train step returns them (clipping and Shrink and Perturb are part of that step).
         self._out_magnitude_layers = (tuple(range(1, len(self.weights)))
@@ -277,7 +280,9 @@ class LockstepLearner:
         hidden = []
         for i, (w, b) in enumerate(zip(weights[:-1], self.biases)):
             pre = TORCH.affine(x, w, w.transpose(1, 2), b.unsqueeze(1))
-            x = activate(TORCH, self.activation, self._layer_norm(pre, i)[0] if self.norm_scales else pre, self.slope)
+            if self.norm_scales:
+                pre = self._layer_norm(TORCH, pre, self.norm_scales[i][:, None], self.norm_shifts[i][:, None])[0]
+            x = activate(TORCH, self.activation, pre, self.slope)
             hidden.append(x)
         return hidden, weights
 
@@ -393,7 +398,7 @@ class LockstepLearner:
             if i == last:
                 return pre, (inputs, pres, posts, norms)
             if self.norm_scales:
-                pre, xhat, rstd = self._layer_norm(pre, i)
+                pre, xhat, rstd = self._layer_norm(xp, pre, *self._norm_rows[2 * i:2 * i + 2])
                 norms += [xhat, rstd]
             h = activate(xp, self.activation, pre, self.slope)
             pres.append(pre)
@@ -435,20 +440,18 @@ class LockstepLearner:
             alpha = self._alphas[scale] = alpha
         return alpha
 
-    def _layer_norm(self, pre: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(y, x̂, 1/σ)``: layer ``layer``'s LayerNorm of ``pre`` ``(R, batch, units)`` over the
-        units (biased variance, ``nn.LayerNorm``'s ε), y = γ·x̂ + β."""
-        centred = pre - pre.mean(2, keepdim=True)
-        rstd = torch.rsqrt((centred * centred).mean(2, keepdim=True) + self._norm_eps)
+    def _layer_norm(self, xp: Any, pre: Any, scale: Any, shift: Any) -> tuple[Any, Any, Any]:
+        """``(y, x̂, 1/σ)``: the LayerNorm of ``pre`` ``(R, batch, units)`` over the units (biased
+        variance, ``nn.LayerNorm``'s ε), y = γ·x̂ + β, with γ and β rows ``(R, 1, units)``."""
+        centred = pre - xp.mean_units(pre)
+        rstd = xp.rsqrt(xp.mean_units(centred * centred) + self._norm_eps)
         xhat = centred * rstd
-        return (torch.addcmul(self.norm_shifts[layer].unsqueeze(1), xhat, self.norm_scales[layer].unsqueeze(1)),
-                xhat, rstd)
+        return xp.addcmul(shift, xhat, scale), xhat, rstd
 
-    def _layer_norm_backward(self, g: torch.Tensor, layer: int, xhat: torch.Tensor,
-                             rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _layer_norm_backward(self, xp: Any, g: Any, layer: int, xhat: Any, rstd: Any) -> tuple[Any, Any, Any]:
         """From ``g`` = d loss / d y: (d loss / d pre, d loss / d γ, d loss / d β)."""
-        gx = g * self.norm_scales[layer].unsqueeze(1)
-        g_pre = rstd * (gx - gx.mean(2, keepdim=True) - xhat * (gx * xhat).mean(2, keepdim=True))
+        gx = g * self._norm_rows[2 * layer]
+        g_pre = rstd * (gx - xp.mean_units(gx) - xhat * xp.mean_units(gx * xhat))
         return g_pre, (g * xhat).sum(1), g.sum(1)
 
     def _backward(self, xp: Any, weights: list, g: Any, cache: tuple[list, list, list, list], biases: list | None = None,
@@ -479,7 +482,7 @@ class LockstepLearner:
             if g_prev is not None:
                 g = activation_backward(xp, self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
                 if norms:
-                    g, d_scale, d_shift = self._layer_norm_backward(g, i - 1, norms[2 * i - 2], norms[2 * i - 1])
+                    g, d_scale, d_shift = self._layer_norm_backward(xp, g, i - 1, norms[2 * i - 2], norms[2 * i - 1])
                     norm_grads[:0] = [d_scale, d_shift]
         return g if biases is not None else grads + norm_grads
 

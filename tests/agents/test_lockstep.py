@@ -70,6 +70,7 @@ CASES = [
     ("cbp", {"cbp": {"replacement_rate": 0.01, "maturity": 20, "utility": "adaptable_contribution"}}),
     ("cbp", {"optimizer": {"name": "adam", "lr": 1e-3}, "cbp": {"replacement_rate": 0.01, "maturity": 20}}),
     ("redo", {"redo": {"period": 50, "threshold": 0.5}}),
+    ("layernorm", None),
 ]
 
 
@@ -77,7 +78,8 @@ CASES = [
 def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
     venv, lock, envs, singles = _pair("SlowRegression-v0", name, overrides)
     assert lock._numpy  # tiny networks: numpy passes; with an optimizer or S&P, the parameters in one tensor
-    assert (lock._flat is not None) == (name in ("adam", "l2", "shrink-perturb") or "optimizer" in (overrides or {}))
+    assert (lock._flat is not None) == (name in ("adam", "l2", "shrink-perturb", "layernorm")
+                                        or "optimizer" in (overrides or {}))
     if lock._flat is not None:
         starts = np.cumsum([0] + [p[0].numel() for p in lock._params])
         assert all(p.data_ptr() == lock._flat[:, start:].data_ptr() for p, start in zip(lock._params, starts))
@@ -92,7 +94,7 @@ def test_lockstep_equals_single_learners_on_slow_regression(name, overrides):
         assert lock.redo.replacements.sum() > 0
 
 
-@pytest.mark.parametrize("name,overrides", [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4], CASES[7]])
+@pytest.mark.parametrize("name,overrides", [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4], CASES[7], CASES[8]])
 def test_torch_path_of_small_networks_equals_single_learners(name, overrides, monkeypatch):
     """Tiny networks take the numpy path and the flat parameter layout on the CPU; the torch path
     (GPU, larger nets), with a tensor per parameter, must give the same trajectories."""
@@ -136,6 +138,7 @@ def test_deferred_updates_of_large_layers_equal_single_learners(name, overrides)
     ("SlowRegression-v0", "cbp", {"optimizer": {"name": "adam", "lr": 1e-3},
                                   "cbp": {"replacement_rate": 0.01, "maturity": 20}}, 300, 300),
     ("SlowRegression-v0", "shrink-perturb", {"shrink_perturb": {"weight_decay": 1e-2, "noise_std": 1e-3}}, 300, 300),
+    ("SlowRegression-v0", "layernorm", None, 300, 300),  # LayerNorm's γ and β in the flat tensor too
     # pickled with 13 rank-1 updates of the input layer still deferred
     ("PermutedMNIST-v0", "backprop", {"network": {"hidden": [400, 8]}}, 45, 40),
 ])

@@ -99,14 +99,19 @@ def _layer_norm_loss(params: list[np.ndarray], x: np.ndarray, y: int) -> float:
     return float(np.log(np.exp(out).sum()) - out[y])
 
 
-def test_layer_norm_update_by_hand_and_autograd():
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
+def test_layer_norm_update_by_hand_and_autograd(numpy_path, monkeypatch):
     """A 3-unit LayerNorm layer (learned scale and shift) trained by SGD with weight decay: two
     steps of the learner core equal the update from finite-difference gradients of the loss
-    written out in float64, and torch autograd's."""
+    written out in float64, and torch autograd's; on both array paths (a tiny CPU network takes
+    numpy's, larger ones and accelerators torch's)."""
+    if not numpy_path:
+        monkeypatch.setattr(lockstep, "_NUMPY_MAX_ELEMENTS", 0)
     lam = 0.01
     cfg = LearnerConfig.from_dict({"network": {"hidden": [3], "layer_norm": True},
                                    "optimizer": {"lr": LR, "weight_decay": lam}})
     core = LockstepLearner("layernorm", cfg, *cls_spaces(1, (2,), 2), seeds=[0], device="cpu", compile=False)
+    assert core._numpy == numpy_path
     rng = np.random.default_rng(3)
     params = [rng.normal(size=(3, 2)), rng.normal(size=3) * 0.1, rng.normal(size=(2, 3)), np.zeros(2),
               1.0 + 0.2 * rng.normal(size=3), 0.1 * rng.normal(size=3)]
