@@ -9,8 +9,10 @@ the cores spin-wait against each other), longest job first (by the stored entry'
 so that the workers finish together. An episodic (RL) board's runs get one torch thread whatever
 ``--jobs`` says: PPO's mini-batches of 128 are too small for a second thread to pay, and on a
 busy machine its spin-waiting made PPO several times slower.
-Each run writes ``runs/<scale>/<env>-<agent>.json`` (and a ``.log``) and resumes from its
-checkpoint when the suite is started again. Then every finished entry is filed under its board,
+Each run writes ``runs/<scale>/<env>-<agent>.json`` (and a ``.log``). Started again with the same
+runs directory (after an interruption), the suite keeps every result there that the same run
+command finished with the same source code, and the other runs resume from their checkpoints; a
+new runs directory runs everything afresh. Then every finished entry is filed under its board,
 the tables in ``leaderboards/README.md`` are regenerated and each board's figure is redrawn.
 """
 
@@ -115,7 +117,10 @@ def run_jobs(jobs: Sequence[Job], *, runs_dir: Path, n_workers: int,
              echo: Callable[[str], None] = print) -> dict[Job, int]:
     """Run ``jobs`` on ``n_workers`` processes at once, each with ``cores / n_workers`` threads;
     returns each job's exit status."""
+    from plasticity_gym.harness.result import code_identity
+
     threads = max(1, (os.cpu_count() or 1) // n_workers)
+    source = code_identity()["source_sha256"]
     queue = list(jobs)
     running: dict[subprocess.Popen, tuple[Job, float, TextIO]] = {}
     status: dict[Job, int] = {}
@@ -123,10 +128,14 @@ def run_jobs(jobs: Sequence[Job], *, runs_dir: Path, n_workers: int,
         while queue and len(running) < n_workers:
             job = queue.pop(0)
             out = job.out(runs_dir)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            log = open(out.with_suffix(".log"), "w", encoding="utf-8")
             job_threads = 1 if job.episodic else threads
             argv = job.argv(runs_dir, job_threads)
+            if finished_by(out, shlex.join(argv), source):
+                echo(f"kept {job.board} {job.name}: {out} was finished by this command and this code")
+                status[job] = 0
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            log = open(out.with_suffix(".log"), "w", encoding="utf-8")
             env = {**os.environ, **thread_env(job_threads), "CI": "true"}
             echo(f"start {job.board} {job.name} ({job.seeds} seeds): {shlex.join(argv)}")
             # This interpreter, so the runs use the same installation as the suite.
@@ -142,6 +151,16 @@ def run_jobs(jobs: Sequence[Job], *, runs_dir: Path, n_workers: int,
             verdict = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {log_path})"
             echo(f"{verdict} {job.board} {job.name} in {time.perf_counter() - t0:.0f} s")
     return status
+
+
+def finished_by(out: Path, command: str, source_sha256: str) -> bool:
+    """Whether ``out`` holds a result finished by ``command`` with the source code whose sha256 is
+    ``source_sha256`` (results are written once a run has finished, atomically)."""
+    try:
+        provenance = json.loads(out.read_text(encoding="utf-8")).get("provenance", {})
+    except (OSError, ValueError):
+        return False
+    return provenance.get("command") == command and provenance.get("code", {}).get("source_sha256") == source_sha256
 
 
 def publish(jobs: Sequence[Job], status: dict[Job, int], *, runs_dir: Path, board_dir: Path,

@@ -68,6 +68,20 @@ def test_regenerate_runs_files_and_redraws(tmp_path, monkeypatch):
     assert (boards / "figures" / "FakeClassify-v0-smoke.png").stat().st_size > 0
     assert any(line.startswith("suite smoke: 2/2 runs done") for line in lines)
 
+    # Started again on the same runs directory (as after an interruption): a result finished by
+    # the same command and code is kept; one from other code (or another command) runs again.
+    runs = tmp_path / "runs" / "smoke"
+    stale = json.loads((runs / "FakeClassify-v0-l2.json").read_text())
+    stale["provenance"]["code"]["source_sha256"] = "0" * 64
+    (runs / "FakeClassify-v0-l2.json").write_text(json.dumps(stale))
+    kept = (runs / "FakeClassify-v0-backprop.json").stat().st_mtime_ns
+    lines.clear()
+    assert regenerate("smoke", board_dir=boards, runs_dir=tmp_path / "runs", n_workers=2, echo=lines.append) == 0
+    assert sorted(line.split(":")[0] for line in lines if line.startswith(("kept", "start"))) == [
+        "kept FakeClassify-v0 backprop", "start FakeClassify-v0 l2 (2 seeds)"]
+    assert (runs / "FakeClassify-v0-backprop.json").stat().st_mtime_ns == kept
+    assert json.loads((runs / "FakeClassify-v0-l2.json").read_text())["provenance"]["code"]["source_sha256"] != "0" * 64
+
 
 def test_reference_dry_run(cli):
     code, out, _ = cli("reference", "smoke", "--dir", REPO / "leaderboards", "--dry-run", "--jobs", "2")
