@@ -154,9 +154,10 @@ class LockstepLearner:
         self._split = next(i for i in range(len(self.weights) + 1) if i not in self._deferred)
         # Tiny networks on the CPU (SlowRegression's 5 units × 100 seeds) are bound by per-call
         # overhead: their forward and backward passes run in numpy on views of the tensors, through
-        # the same code as torch's (the array layer). With an optimizer or Shrink and Perturb their parameters
-        # live in one (R, total) tensor, which the update acts on in one call per operation, not
-        # one per parameter (plain SGD's in-place numpy updates ran 10% slower on its views).
+        # the same code as torch's (the array layer). With an optimizer, LayerNorm or Shrink and
+        # Perturb their parameters live in one (R, total) tensor, which the update acts on in one
+        # call per operation, not one per parameter (plain SGD's in-place numpy updates ran 10%
+        # slower on its views).
         self._numpy = (self.device.type == "cpu" and not self._deferred
                        and sum(w.numel() for w in self.weights) <= _NUMPY_MAX_ELEMENTS)
         flat = self._numpy and (not self._plain_sgd or config.shrink_perturb is not None)
@@ -175,8 +176,8 @@ class LockstepLearner:
         # and each hidden layer's LayerNorm (γ row, β row).
         ws, bs = self._np if self._numpy else (self.weights, self.biases)
         self._affine = [(w, w.swapaxes(1, 2), b[:, None, :]) for w, b in zip(ws, bs)]
-        self._norm_rows = [(s.numpy() if self._numpy else s)[:, None, :] for pair in zip(self.norm_scales, self.norm_shifts)
-                           for s in pair]
+        rows = (lambda t: t.numpy()[:, None, :]) if self._numpy else (lambda t: t[:, None, :])
+        self._norm_rows = [(rows(scale), rows(shift)) for scale, shift in zip(self.norm_scales, self.norm_shifts)]
         # CBP reads its consumer layers' column |w| sums right after the update; under plain SGD
         # the train step returns them (clipping and Shrink and Perturb are part of that step).
         self._out_magnitude_layers = (tuple(range(1, len(self.weights)))
@@ -398,7 +399,7 @@ class LockstepLearner:
             if i == last:
                 return pre, (inputs, pres, posts, norms)
             if self.norm_scales:
-                pre, xhat, rstd = self._layer_norm(xp, pre, *self._norm_rows[2 * i:2 * i + 2])
+                pre, xhat, rstd = self._layer_norm(xp, pre, *self._norm_rows[i])
                 norms += [xhat, rstd]
             h = activate(xp, self.activation, pre, self.slope)
             pres.append(pre)
@@ -448,9 +449,9 @@ class LockstepLearner:
         xhat = centred * rstd
         return xp.addcmul(shift, xhat, scale), xhat, rstd
 
-    def _layer_norm_backward(self, xp: Any, g: Any, layer: int, xhat: Any, rstd: Any) -> tuple[Any, Any, Any]:
-        """From ``g`` = d loss / d y: (d loss / d pre, d loss / d γ, d loss / d β)."""
-        gx = g * self._norm_rows[2 * layer]
+    def _layer_norm_backward(self, xp: Any, g: Any, scale: Any, xhat: Any, rstd: Any) -> tuple[Any, Any, Any]:
+        """From ``g`` = d loss / d y, with γ row ``scale``: (d loss / d pre, d loss / d γ, d loss / d β)."""
+        gx = g * scale
         g_pre = rstd * (gx - xp.mean_units(gx) - xhat * xp.mean_units(gx * xhat))
         return g_pre, (g * xhat).sum(1), g.sum(1)
 
@@ -482,7 +483,8 @@ class LockstepLearner:
             if g_prev is not None:
                 g = activation_backward(xp, self.activation, g_prev, pres[i - 1], posts[i - 1], self.slope)
                 if norms:
-                    g, d_scale, d_shift = self._layer_norm_backward(xp, g, i - 1, norms[2 * i - 2], norms[2 * i - 1])
+                    g, d_scale, d_shift = self._layer_norm_backward(xp, g, self._norm_rows[i - 1][0],
+                                                                    norms[2 * i - 2], norms[2 * i - 1])
                     norm_grads[:0] = [d_scale, d_shift]
         return g if biases is not None else grads + norm_grads
 
