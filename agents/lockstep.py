@@ -771,8 +771,8 @@ _COMPILE_MIN_ELEMENTS = 1 << 19
 _COMPILE_MIN_SGD = 1 << 16
 # Adam compiled ("auto", CPU) from this many weights over all seeds: measured 3× the eager step
 # (PermutedMNIST 3×100, 3 seeds) once compiled (a few seconds); a single tiny network stays eager.
-# (Networks up to _NUMPY_MAX_ELEMENTS take the numpy path instead, unless they have LayerNorm:
-# SlowRegression's 5 seeds ran 1.5× as fast there as compiled, bench/profile_step.py --torch-path.)
+# (Networks up to _NUMPY_MAX_ELEMENTS take the numpy path instead: SlowRegression's 5 seeds ran
+# 1.5× as fast there as compiled, bench/profile_step.py --torch-path.)
 _COMPILE_MIN_ADAM = 1 << 9
 # "auto" compiles only under torch versions whose compiled step this project's tests have run
 # (under 2.11 the CPU-compiled step was measured wrong on a 16-core machine).
