@@ -18,8 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
-__all__ = ["CBPConfig", "ConfigBase", "L2InitConfig", "LearnerConfig", "NetworkConfig", "OptimizerConfig",
-           "ReDoConfig", "SNRConfig", "ShrinkPerturbConfig", "UPGDConfig", "WeightClipConfig", "config_hash",
+__all__ = ["CBPConfig", "ConfigBase", "L2InitConfig", "LearnerConfig", "LRScheduleConfig", "NetworkConfig",
+           "OptimizerConfig", "ReDoConfig", "SNRConfig", "ShrinkPerturbConfig", "UPGDConfig", "WeightClipConfig", "config_hash",
            "deep_merge"]
 
 C = TypeVar("C", bound="ConfigBase")
@@ -228,6 +228,28 @@ class OptimizerConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class LRScheduleConfig(ConfigBase):
+    """A step-size schedule within each task, read from the stream's ``info``: a task of ``E``
+    training epochs (``info["train_epochs"]``) trains epoch ``e`` (``info["epoch"]``) at
+    ``optimizer.lr · factor^k``, ``k`` the number of milestones ``m`` with ``e ≥ ⌈m·E⌉``; the next
+    task starts again at ``optimizer.lr``. The defaults are the paper's class-incremental CIFAR-100
+    schedule: 0.1 → 0.02 → 0.004 → 0.0008 at epochs 60 / 120 / 160 of 200."""
+
+    milestones: tuple[float, ...] = field(default=(0.3, 0.6, 0.8), metadata=_range(0.0, 1.0, lo_open=True))
+    factor: float = field(default=0.2, metadata=_range(0.0, 1.0, lo_open=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"LRScheduleConfig.milestones: must increase strictly, got {list(self.milestones)}")
+
+    def lr(self, base: float, epoch: int, train_epochs: int) -> float:
+        """The step size of training epoch ``epoch`` of a task of ``train_epochs`` epochs."""
+        passed = sum(epoch >= math.ceil(m * train_epochs - 1e-9) for m in self.milestones)
+        return base * self.factor ** passed
+
+
+@dataclass(frozen=True)
 class CBPConfig(ConfigBase):
     """Continual backpropagation (Dohare et al. 2024, Methods: Algorithm 1)."""
 
@@ -313,6 +335,14 @@ class LearnerConfig(ConfigBase):
     ``head_reset``: at each task boundary (``next_task_boundary``) set the head to zero
     (``"zero"``, the Continual ImageNet practice) or redraw it (``"reinit"``).
     ``retrain``: re-initialise the whole network and optimizer at each task boundary.
+    ``lr_schedule``: the step size per epoch of a task (:class:`LRScheduleConfig`).
+    ``early_stopping``: model selection on the stream's validation phases. After every epoch's
+    validation pass the learner scores it (from the validation batches' rewards: their targets
+    are never learned from); when a task's training ends (its test phase begins) the learner
+    returns to its state at the end of its best-validation epoch (the earliest of ties): network
+    weights, normalisation statistics, optimizer state and the reset methods' statistics, ages
+    and utilities, all as they were together. The test phase scores that network and the next
+    task starts from it. Needs a stream with ``val`` phases.
     """
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -326,6 +356,8 @@ class LearnerConfig(ConfigBase):
     weight_clip: WeightClipConfig | None = None
     upgd: UPGDConfig | None = None
     snr: SNRConfig | None = None
+    lr_schedule: LRScheduleConfig | None = None
+    early_stopping: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

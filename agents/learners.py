@@ -6,10 +6,12 @@ Which method runs is decided by the :class:`~plasticity_gym_agents.config.Learne
 backprop           SGD (``optimizer.momentum`` optional)
 adam               ``optimizer.name = "adam"`` (betas configurable; a step count per element)
 l2                 ``optimizer.weight_decay = λ``: λ·w added to the gradient
-shrink-perturb     ``shrink_perturb``: after each update w ← (1 − lr·λ)·w + σ·ε (seeded ε)
+shrink-perturb     ``shrink_perturb``: shrink by λ (with SGD momentum: λ in SGD's coupled weight
+                   decay, inside the momentum), then w ← w + σ·ε after each update (seeded ε)
 dropout            ``network.dropout = p`` (seeded masks)
 redo               ``redo``: recycle dormant units every ``period`` updates
-head-reset         ``head_reset = "zero" | "reinit"`` at each ``next_task_boundary``
+head-reset         ``head_reset = "zero"`` before every task, the first included, or ``"reinit"``
+                   at every later ``next_task_boundary``
 retrain            ``retrain = True``: the whole network and optimizer afresh at each boundary
 linear             ``network.kind = "linear"``
 cbp                ``cbp``: continual backpropagation after each update
@@ -20,6 +22,12 @@ crelu              ``network.activation = "crelu"``: [relu(x), relu(−x)] per u
 layernorm          ``network.layer_norm = True`` (with ``optimizer.weight_decay``)
 snr                ``snr``: reset a unit whose silence its own firing rate makes improbable
 =================  ==========================================================================
+
+Two protocol options act on any of them, on streams whose tasks are epochs with validation
+passes (class-incremental CIFAR-100): ``lr_schedule`` (the step size per epoch of a task, back to
+``optimizer.lr`` at the next task) and ``early_stopping`` (return to the best-validation epoch's
+learner before the task's test phase; :attr:`SupervisedLearner.selects_on_validation`, and
+:meth:`SupervisedLearner.model_selection` lists the epoch restored per task).
 
 The task kind follows the action space: ``MultiDiscrete`` → classification (cross-entropy),
 ``Box`` → regression (squared error, torch's ``mse_loss``). The online accuracy is the prediction
@@ -43,7 +51,8 @@ from plasticity_gym_agents.cbp import ContinualBackprop
 from plasticity_gym_agents.config import LearnerConfig
 from plasticity_gym_agents.lockstep import LockstepLearner, lockstep_support
 from plasticity_gym_agents.networks import PlasticNetwork, ResNet18, build_network, resolve_device, task_spec
-from plasticity_gym_agents.optim import ReferenceOptimizer, draw_noise, module_clip_bounds, shrink_perturb
+from plasticity_gym_agents.optim import (ReferenceOptimizer, draw_noise, module_clip_bounds, shrink_perturb,
+                                         shrink_perturb_decays)
 from plasticity_gym_agents.protocol import learning_phase, next_phase
 from plasticity_gym_agents.redo import ReDo
 from plasticity_gym_agents.snr import SelfNormalizedResets
@@ -71,6 +80,7 @@ class SupervisedLearner:
             raise ValueError("resnet18 is a classification network")
         self.boundaries_seen = 0
         self._pending: tuple | None = None
+        self._selection = _BestValidation() if config.early_stopping else None
         # The learner core with one replica, when it supports the config (it is the faster one).
         self.core = (LockstepLearner(name, config, observation_space, action_space, seeds=[self.seed],
                                      device=device) if lockstep_support(config) is None else None)
@@ -99,7 +109,9 @@ class SupervisedLearner:
     def _make_optimizer(self) -> ReferenceOptimizer:
         """The optimizer with the update-side methods (L2 Init, weight clipping, UPGD) the config has."""
         c = self.config
-        return ReferenceOptimizer(self.params, c.optimizer, l2_init=c.l2_init, weight_clip=c.weight_clip,
+        coupled, _ = shrink_perturb_decays(c.optimizer, c.shrink_perturb)
+        optimizer = c.optimizer if coupled == c.optimizer.weight_decay else c.optimizer.replace(weight_decay=coupled)
+        return ReferenceOptimizer(self.params, optimizer, l2_init=c.l2_init, weight_clip=c.weight_clip,
                                   clip_bounds=module_clip_bounds(self._network) if c.weight_clip else None,
                                   upgd=c.upgd, generator=self.generator)
 
@@ -160,6 +172,17 @@ class SupervisedLearner:
     def uses_task_boundaries(self) -> bool:
         return self.config.head_reset != "none" or self.config.retrain
 
+    @property
+    def selects_on_validation(self) -> bool:
+        """True when the agent reads validation rewards to choose the network it is tested with
+        (early stopping); it never learns from validation targets."""
+        return self.config.early_stopping
+
+    def model_selection(self) -> dict[str, list] | None:
+        """With early stopping, per finished task: ``task``, the ``epoch`` whose learner was
+        restored, and its ``val_accuracy``; ``None`` without it."""
+        return None if self._selection is None else self._selection.record()
+
     def act(self, observation: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         info = info or {}
         if self.core is not None:  # the core takes (replicas, batch, *x): one replica
@@ -182,6 +205,8 @@ class SupervisedLearner:
     def observe(self, observation: np.ndarray, action: np.ndarray, reward: float,
                 info: dict[str, Any]) -> None:
         pending, self._pending = self._pending, None
+        if self._selection is not None and info.get("phase") == "val":
+            self._score_validation(reward, info)
         if not learning_phase(info):
             return
         if "target" not in info:
@@ -196,6 +221,8 @@ class SupervisedLearner:
                 out = self._network(self._tensor(observation))
         else:
             out = pending[1]
+        if self.config.lr_schedule is not None:
+            self._schedule_step_size(info)
         self._learn(out, info["target"])
 
     # -- optional protocol parts ---------------------------------------------------------------
@@ -216,6 +243,7 @@ class SupervisedLearner:
             "active_outputs": getattr(self._network, "active_outputs", None),
             "boundaries_seen": self.boundaries_seen,
             "updates": self._updates,
+            "selection": self._selection,
             "config_hash": self.config.config_hash(),
         })
 
@@ -240,6 +268,8 @@ class SupervisedLearner:
             self._network.active_outputs = int(state["active_outputs"])
         self.boundaries_seen = int(state["boundaries_seen"])
         self._updates = int(state["updates"])
+        if self._selection is not None:
+            self._selection = copy.deepcopy(state["selection"])
 
     def __reduce__(self):
         return (_rebuild, (type(self), self.name, self.config.to_dict(), self.observation_space,
@@ -276,8 +306,9 @@ class SupervisedLearner:
             if sp.noise_std > 0:
                 noise = torch.empty(1, sum(p.numel() for p in params), device=self.device)
                 draw_noise(noise, [self.generator])
-            shrink_perturb(params, shrink=1.0 - self.config.optimizer.lr * sp.weight_decay, noise_std=sp.noise_std,
-                           noise=noise)
+            _, after_step = shrink_perturb_decays(self.config.optimizer, sp)
+            lr = self.optimizer.param_groups[0]["lr"]  # the scheduled step size, if any
+            shrink_perturb(params, shrink=1.0 - lr * after_step, noise_std=sp.noise_std, noise=noise)
         if self._cbp is not None:
             self._cbp.step()
         if self._redo is not None:
@@ -289,7 +320,11 @@ class SupervisedLearner:
         self.boundaries_seen += 1
         self._pending = None
         if self.boundaries_seen == 1:
-            return  # the first task starts from the initial network: nothing to reset
+            # The first task starts from the initial network; a zeroed head is zeroed before
+            # every task, the first included (the authors' Continual ImageNet loop).
+            if self.config.head_reset == "zero" and not self.config.retrain:
+                self._reset_head("zero")
+            return
         if self.config.retrain:
             self._network.reset_parameters(self.generator)
             self.optimizer = self._make_optimizer()  # L2 Init's θ₀: the re-drawn network
@@ -311,6 +346,55 @@ class SupervisedLearner:
         for p in (head.weight, head.bias):
             zero_optimizer_slices(self.optimizer, p, (slice(None),))
 
+    def _schedule_step_size(self, info: dict[str, Any]) -> None:
+        """Set the step size of this training batch's epoch (``lr_schedule``)."""
+        epoch, epochs = info.get("epoch"), info.get("train_epochs")
+        if epoch is None or epochs is None:
+            raise ValueError("lr_schedule needs a stream whose info has 'epoch' and 'train_epochs' "
+                             "(ClassIncCIFAR100-v0 has them); set lr_schedule to None for this stream")
+        lr = self.config.lr_schedule.lr(self.config.optimizer.lr, int(epoch), int(epochs))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _score_validation(self, reward: float, info: dict[str, Any]) -> None:
+        """Add a validation batch to its pass's score; at the end of the pass keep the learner if
+        it is the task's best so far, and at the end of the task's training restore the best."""
+        sel = self._selection
+        n = len(info["target"])
+        sel.correct += float(reward) * n
+        sel.count += n
+        if info.get("next_phase") == "val" and info.get("next_epoch") == info.get("epoch"):
+            return  # the pass goes on
+        accuracy = sel.correct / max(sel.count, 1)
+        sel.correct, sel.count = 0.0, 0
+        if sel.best is None or accuracy > sel.best[0]:
+            sel.best = (accuracy, int(info["epoch"]), self._learner_state())
+        if info.get("next_phase") == "val":
+            return
+        if info.get("next_task_id") == info.get("task_id") and info.get("next_phase") == "train":
+            return  # more training epochs follow
+        accuracy, epoch, state = sel.best
+        self._load_learner_state(state)
+        sel.best = None
+        sel.tasks.append(int(info["task_id"]))
+        sel.epochs.append(epoch)
+        sel.accuracies.append(accuracy)
+
+    def _learner_state(self) -> dict[str, Any]:
+        """What early stopping restores: network (weights and normalisation statistics),
+        optimizer state and the reset methods' per-unit state, copied together."""
+        return copy.deepcopy({
+            "network": self._network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            **{k: m.state_dict() for k, m in (("cbp", self._cbp), ("redo", self._redo), ("snr", self._snr))
+               if m is not None}})
+
+    def _load_learner_state(self, state: dict[str, Any]) -> None:
+        self._network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for key, method in (("cbp", self._cbp), ("redo", self._redo), ("snr", self._snr)):
+            if method is not None:
+                method.load_state_dict(state[key])
+
     def _maybe_grow(self, info: dict[str, Any]) -> None:
         n = info.get("next_n_classes", info.get("n_classes"))
         net = self._network
@@ -326,3 +410,19 @@ class SupervisedLearner:
 def _rebuild(cls, name, config_dict, observation_space, action_space, seed, device):
     return cls(name, LearnerConfig.from_dict(config_dict), observation_space, action_space,
                seed=seed, device=device)
+
+
+class _BestValidation:
+    """Early stopping's bookkeeping: the running validation pass, the task's best learner state,
+    and per finished task the epoch restored."""
+
+    def __init__(self) -> None:
+        self.correct, self.count = 0.0, 0
+        self.best: tuple[float, int, dict[str, Any]] | None = None
+        self.tasks: list[int] = []
+        self.epochs: list[int] = []
+        self.accuracies: list[float] = []
+
+    def record(self) -> dict[str, list]:
+        return {"task": list(self.tasks), "epoch": list(self.epochs),
+                "val_accuracy": [round(a, 6) for a in self.accuracies]}

@@ -38,7 +38,7 @@ from plasticity_gym_agents.cbp_state import UnitStatistics
 from plasticity_gym_agents.config import LearnerConfig, config_hash
 from plasticity_gym_agents.networks import MLP, build_network, resolve_device, task_spec
 from plasticity_gym_agents.optim import (adam_update, along, clip_bound, clip_weights_, draw_noise, l2_init_gradient,
-                                         replica_scalar, sgd_update, shrink_perturb, upgd_update)
+                                         replica_scalar, sgd_update, shrink_perturb, shrink_perturb_decays, upgd_update)
 from plasticity_gym_agents.redo import DormantUnits
 from plasticity_gym_agents.snr import FiringStatistics
 from plasticity_gym_agents.units import batched_abs_sum, get_init, reinit_slices
@@ -59,6 +59,8 @@ def lockstep_support(config: LearnerConfig) -> str | None:
         return "dropout (its masks are drawn per example; run seeds one by one)"
     if config.head_reset != "none" or config.retrain:
         return "task-boundary resets (head reset, retrain)"
+    if config.lr_schedule is not None or config.early_stopping:
+        return "a per-epoch step-size schedule or early stopping (the epoch-structured vision streams)"
     return None
 
 
@@ -203,7 +205,8 @@ class LockstepLearner:
         self.adam = oc[0].name == "adam"
         self.lr = per_replica([o.lr for o in oc])
         self.momentum = per_replica([o.momentum for o in oc])
-        self.weight_decay = per_replica([o.weight_decay for o in oc])
+        decays = [shrink_perturb_decays(o, c.shrink_perturb) for o, c in zip(oc, self.configs)]
+        self.weight_decay = per_replica([coupled for coupled, _ in decays])
         self.betas = (per_replica([o.betas[0] for o in oc]), per_replica([o.betas[1] for o in oc]))
         self.eps = per_replica([o.eps for o in oc])
         if self.config.l2_init is not None:  # θ₀: the weights as built (kept apart from opt_state,
@@ -224,7 +227,7 @@ class LockstepLearner:
                                            else 0, device=self.device)
         sp = [c.shrink_perturb for c in self.configs]
         if sp[0] is not None:
-            self._shrink = per_replica([1.0 - o.lr * s.weight_decay for o, s in zip(oc, sp)])
+            self._shrink = per_replica([1.0 - o.lr * after for o, (_, after) in zip(oc, decays)])
             self._noise_std = per_replica([s.noise_std for s in sp])
             self._noisy = {r for r, s in enumerate(sp) if s.noise_std > 0.0}
             self._noise = torch.zeros(self.n, sum(p[0].numel() for p in self._params), device=self.device)

@@ -8,7 +8,6 @@ module instance, so forward hooks (CBP, ``plasticity_gym.metrics``) see each lay
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -165,7 +164,9 @@ class ConvNet(PlasticNetwork):
     """The Continual ImageNet network (Dohare et al. 2024, Extended Data Table 3).
 
     conv 3→32 5×5, 32→64 3×3, 64→128 3×3, each ReLU + 2×2 max-pool; flatten (512 for 32×32
-    input); linear 512→128→128→n. Kaiming-uniform (ReLU gain) hidden layers, gain-1 head.
+    input); linear 512→128→128→n. Every layer, head included, starts as PyTorch's default layer:
+    weights and biases uniform in ±1/√fan_in (the authors' code left torch's init in place;
+    CBP redraws replaced units' weights from the same distribution).
     Accepts NCHW or NHWC input (``channels_last``). ``activation="crelu"``: every layer has half
     the units (16, 32, 64 channels; 64, 64 units), each with two outputs, so every representation
     keeps the width above. ``layer_norm``: ``GroupNorm(1, C)`` after each conv and ``LayerNorm``
@@ -180,7 +181,6 @@ class ConvNet(PlasticNetwork):
             raise ValueError(f"the convnet takes activation 'relu' or 'crelu', got {activation!r}")
         self.channels_last = channels_last
         self.outputs_per_unit = k = outputs_per_unit(activation)
-        relu_gain = math.sqrt(2.0)
         c1, c2, c3, f = (layer_units(w, activation) for w in (32, 64, 128, 128))
         self.conv1 = nn.Conv2d(in_channels, c1, 5)
         self.conv2 = nn.Conv2d(c1 * k, c2, 3)
@@ -200,12 +200,8 @@ class ConvNet(PlasticNetwork):
         self.drop4 = SeededDropout(dropout, generator) if dropout > 0 else nn.Identity()
         self.drop5 = SeededDropout(dropout, generator) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(f * k, out_features)
-        for conv in (self.conv1, self.conv2, self.conv3):
-            fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-            set_init(conv, InitSpec.kaiming_uniform(fan_in, relu_gain), generator)
-        set_init(self.fc1, InitSpec.kaiming_uniform(flat, relu_gain), generator)
-        set_init(self.fc2, InitSpec.kaiming_uniform(f * k, relu_gain), generator)
-        set_init(self.head, InitSpec.kaiming_uniform(f * k, 1.0), generator)
+        for layer in (self.conv1, self.conv2, self.conv3, self.fc1, self.fc2, self.head):
+            set_init(layer, InitSpec.torch_default(layer.weight[0].numel()), generator)
         norms = ([nn.GroupNorm(1, c) for c in (c1, c2, c3)] + [nn.LayerNorm(f), nn.LayerNorm(f)]
                  if layer_norm else [nn.Identity() for _ in range(5)])
         self.norm1, self.norm2, self.norm3, self.norm4, self.norm5 = norms
@@ -275,8 +271,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(sc_conv, _norm2d(planes, layer_norm))
             convs.append(sc_conv)
         for conv in convs:
-            fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
-            set_init(conv, InitSpec.kaiming_normal_fan_out(fan_out), generator)
+            set_init(conv, InitSpec.kaiming_normal(conv.weight[0].numel()), generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -286,6 +281,10 @@ class BasicBlock(nn.Module):
 
 class ResNet18(PlasticNetwork):
     """ResNet-18 with the CIFAR stem (3×3 conv, stride 1, no max-pool), BatchNorm.
+
+    Initialization as the authors' ``kaiming_init_resnet_module``: every conv (stem, blocks,
+    shortcuts) Kaiming-normal with fan_in and the ReLU gain, N(0, 2/fan_in); BatchNorm γ 1, β 0;
+    the head Kaiming-normal with the linear gain, N(0, 1/fan_in), bias 0.
 
     ``width`` is the stem's channel count (64 in the paper; smaller for CPU scales).
     ``layer_norm``: every BatchNorm becomes ``GroupNorm(1, C)`` (layer normalisation over an
@@ -323,7 +322,7 @@ class ResNet18(PlasticNetwork):
         self.channels_last = channels_last
         self.outputs_per_unit = outputs_per_unit(activation)
         self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        set_init(self.stem, InitSpec.kaiming_normal_fan_out(width * 9), generator)
+        set_init(self.stem, InitSpec.kaiming_normal(in_channels * 9), generator)
         self.stem_bn = _norm2d(width, layer_norm)
         self.stem_relu = nn.ReLU()
         blocks = []
@@ -338,7 +337,7 @@ class ResNet18(PlasticNetwork):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(in_planes, max_outputs)
-        set_init(self.head, InitSpec.kaiming_uniform(in_planes, 1.0), generator)
+        set_init(self.head, InitSpec.kaiming_normal(in_planes, 1.0), generator)
         self.active_outputs = max_outputs if active_outputs is None else active_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

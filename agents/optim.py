@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from plasticity_gym_agents.config import L2InitConfig, OptimizerConfig, UPGDConfig, WeightClipConfig
+from plasticity_gym_agents.config import L2InitConfig, OptimizerConfig, ShrinkPerturbConfig, UPGDConfig, WeightClipConfig
 from plasticity_gym_agents.units import InitSpec, get_init
 
 __all__ = ["ReferenceOptimizer", "Scalar", "adam_update", "clip_bound", "clip_weights_", "draw_noise",
-           "l2_init_gradient", "module_clip_bounds", "replica_scalar", "sgd_update", "shrink_perturb", "upgd_update"]
+           "l2_init_gradient", "module_clip_bounds", "replica_scalar", "sgd_update", "shrink_perturb", "shrink_perturb_decays", "upgd_update"]
 
 Scalar = float | torch.Tensor  # one value, or one per replica: shape (R,)
 
@@ -113,6 +113,20 @@ def draw_noise(noise: torch.Tensor, generators: Sequence[torch.Generator | None]
     for r, gen in enumerate(generators):
         if gen is not None:
             torch.randn(noise.shape[1], generator=gen, out=noise[r])
+
+
+def shrink_perturb_decays(optimizer: OptimizerConfig, sp: ShrinkPerturbConfig | None) -> tuple[float, float]:
+    """Where Shrink and Perturb's shrink λ (``sp.weight_decay``) enters the update, as
+    ``(coupled, after_step)``: the optimizer's coupled weight decay, and the λ of the shrink
+    ``w ← (1 − lr·λ)·w`` after each step. With SGD momentum λ joins SGD's coupled weight decay,
+    inside the momentum buffer, as in the authors' ``SGD(weight_decay=λ, momentum=μ)`` (a
+    steady-state shrink of lr·λ/(1 − μ) per step: ten times lr·λ at μ 0.9); otherwise the weights
+    shrink after the step (for plain SGD the same update as coupled weight decay)."""
+    if sp is None:
+        return optimizer.weight_decay, 0.0
+    if optimizer.name == "sgd" and optimizer.momentum > 0.0:
+        return optimizer.weight_decay + sp.weight_decay, 0.0
+    return optimizer.weight_decay, sp.weight_decay
 
 
 @torch.no_grad()

@@ -24,14 +24,17 @@ __all__ = ["Consumer", "InitSpec", "Slot", "UnitGroup", "batched_abs_sum", "get_
 
 @dataclass(frozen=True)
 class InitSpec:
-    """The initial distribution of one layer's weight (biases always start at zero).
+    """The initial distribution of one layer's weight and bias.
 
-    ``kind``: ``"uniform"`` draws U(-bound, bound); ``"normal"`` draws N(0, std²) with
-    ``std = bound``.
+    ``kind``: ``"uniform"`` draws the weight from U(-bound, bound); ``"normal"`` from N(0, std²)
+    with ``std = bound``. The bias is drawn from U(-bias_bound, bias_bound), zero when
+    ``bias_bound`` is 0. (Unit surgery redraws a unit's incoming weights from this distribution
+    and zeroes its bias, as continual backpropagation does.)
     """
 
     kind: str
     bound: float
+    bias_bound: float = 0.0
 
     def sample(self, shape: torch.Size | tuple[int, ...], *, device: torch.device,
                dtype: torch.dtype, generator: torch.Generator | None) -> torch.Tensor:
@@ -48,9 +51,16 @@ class InitSpec:
         return InitSpec("uniform", gain * math.sqrt(3.0 / fan_in))
 
     @staticmethod
-    def kaiming_normal_fan_out(fan_out: int, gain: float = math.sqrt(2.0)) -> InitSpec:
-        """torchvision's ResNet conv init: N(0, gain² / fan_out)."""
-        return InitSpec("normal", gain / math.sqrt(fan_out))
+    def kaiming_normal(fan_in: int, gain: float = math.sqrt(2.0)) -> InitSpec:
+        """``torch.nn.init.kaiming_normal_`` with fan_in: N(0, gain² / fan_in), bias zero."""
+        return InitSpec("normal", gain / math.sqrt(fan_in))
+
+    @staticmethod
+    def torch_default(fan_in: int) -> InitSpec:
+        """PyTorch's default ``nn.Linear``/``nn.Conv2d`` init (``reset_parameters``: Kaiming-uniform
+        with a = √5): weight and bias both U(±1/√fan_in)."""
+        bound = 1.0 / math.sqrt(fan_in)
+        return InitSpec("uniform", bound, bias_bound=bound)
 
 
 _INIT_ATTR = "_pg_init_spec"
@@ -71,7 +81,7 @@ def get_init(module: nn.Module) -> InitSpec:
 
 @torch.no_grad()
 def reset_module_parameters(module: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Redraw a module's parameters from its recorded initial distribution (bias zero; a
+    """Redraw a module's parameters from its recorded initial distribution (a
     normalisation layer: γ=1, β=0, BatchNorm's running statistics reset)."""
     if isinstance(module, NORM_TYPES):
         module.reset_parameters()
@@ -79,8 +89,13 @@ def reset_module_parameters(module: nn.Module, generator: torch.Generator | None
     spec = get_init(module)
     w = module.weight
     w.copy_(spec.sample(w.shape, device=w.device, dtype=w.dtype, generator=generator))
-    if getattr(module, "bias", None) is not None:
-        module.bias.zero_()
+    b = getattr(module, "bias", None)
+    if b is not None:
+        if spec.bias_bound > 0:
+            b.copy_(InitSpec("uniform", spec.bias_bound).sample(b.shape, device=b.device, dtype=b.dtype,
+                                                                 generator=generator))
+        else:
+            b.zero_()
 
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)

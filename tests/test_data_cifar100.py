@@ -160,7 +160,12 @@ def test_augmentation_flip_crop_and_rotation_move_pixels_as_stated():
     np.testing.assert_array_equal(to_float(rows, table, one_image_map(True, (4, 4), 0))[0], plain[:, :, ::-1])
     shifted = to_float(rows, table, one_image_map(False, (0, 2), 0))[0]  # content moves 4 down, 2 right
     np.testing.assert_array_equal(shifted[:, 4:, 2:], plain[:, :-4, :-2])
-    assert (shifted[:, :4] == 0).all() and (shifted[:, :, :2] == 0).all()
+    # The padding reflects the image about its edge pixels (torch's padding_mode="reflect").
+    np.testing.assert_array_equal(shifted[:, :4, 2:], plain[:, 4:0:-1, :-2])
+    np.testing.assert_array_equal(shifted[:, 4:, :2], plain[:, :-4, 2:0:-1])
+    np.testing.assert_array_equal(shifted[:, :4, :2], plain[:, 4:0:-1, 2:0:-1])
+    np.testing.assert_array_equal(to_float(rows, table, one_image_map(False, (8, 8), 0))[0][:, 28:, 28:],
+                                  plain[:, 30:26:-1, 30:26:-1])
     rotated = to_float(rows, table, one_image_map(False, (4, 4), 1500))[0]
     np.testing.assert_array_equal(rotated[:, 15:17, 15:17], plain[:, 15:17, 15:17])  # the centre stays
     assert (rotated[:, 0, 0] == 0).all() and (rotated[:, 0, 31] == 0).all()  # corners leave the image

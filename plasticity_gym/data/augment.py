@@ -8,10 +8,11 @@ Whole batches at once, as array operations (no per-image Python loop, no PIL):
 * :func:`draw_augmentation` / :func:`augmentation_map`: the training augmentation of the
   class-incremental CIFAR-100 protocol, composed into one source-pixel map per image: a
   horizontal flip with probability 0.5, then a random 32×32 crop of the image padded by 4
-  pixels, then a rotation by an angle uniform in [0°, 15°] (counter-clockwise, about the image
-  centre, nearest pixel). Pixels that come from the padding or from outside the rotated image get
-  the fill value 0 *after* standardization (the channel mean), as in the reference pipeline,
-  which standardized before augmenting.
+  pixels by reflection (``padding_mode="reflect"``: the padding mirrors the image about its edge
+  pixels, which are not repeated), then a rotation by an angle uniform in [0°, 15°]
+  (counter-clockwise, about the image centre, nearest pixel). Pixels from outside the rotated
+  image get the fill value 0 *after* standardization (the channel mean), as in the reference
+  pipeline, which standardized before augmenting.
 
 The map is computed in integer fixed point (angles in hundredths of a degree, a rounded
 cosine table), so the same draws give the same pixels on every machine.
@@ -71,15 +72,21 @@ def augmentation_map(aug: Augmentation) -> tuple[np.ndarray, np.ndarray]:
     col = (cos * x2 - sin * y2 + half) >> (_FIX + 1)
     row = (sin * x2 + cos * y2 + half) >> (_FIX + 1)
     valid = (col >= 0) & (col < IMAGE_SIDE) & (row >= 0) & (row < IMAGE_SIDE)
-    # The crop: cropped (row, col) is padded (row + dr, col + dc), i.e. original minus PAD.
-    row = row + (aug.offset[:, 0, None, None] - PAD)
-    col = col + (aug.offset[:, 1, None, None] - PAD)
-    valid &= (col >= 0) & (col < IMAGE_SIDE) & (row >= 0) & (row < IMAGE_SIDE)
+    # The crop: cropped (row, col) is padded (row + dr, col + dc), i.e. original minus PAD; a
+    # padding pixel mirrors the image about its edge (-k → k, 31 + k → 31 - k).
+    row = _reflect(row + (aug.offset[:, 0, None, None] - PAD))
+    col = _reflect(col + (aug.offset[:, 1, None, None] - PAD))
     # The flip came first: the cropped image's column c is the original's 31 - c.
     col = np.where(aug.flip[:, None, None], IMAGE_SIDE - 1 - col, col)
     index = np.where(valid, row * IMAGE_SIDE + col, 0)
     n = aug.angle.shape[0]
     return index.reshape(n, _PIXELS), valid.reshape(n, _PIXELS)
+
+
+def _reflect(v: np.ndarray) -> np.ndarray:
+    """Coordinates of a reflection-padded axis (within ``PAD`` of the image) in the image."""
+    last = IMAGE_SIDE - 1
+    return np.where(v < 0, -v, np.where(v > last, 2 * last - v, v))
 
 
 def scale_table() -> np.ndarray:

@@ -23,17 +23,17 @@ class ClassIncCIFAR100Env(PhasedStreamEnv):
     for ``epochs`` epochs over the training images of all those classes (a fresh random order
     each epoch, mini-batches of ``batch_size``), with a ``val`` phase over their validation
     images after every epoch, and ends with a ``test`` phase over their test images. Per class,
-    the first 450 images of the official train split (file order) are training images, the next
-    50 validation images, and the 100 of the test split test images. Validation and test batches
-    hold only classes seen so far, and are never augmented.
+    the first 50 images of the official train split (file order) are validation images, the next
+    450 training images, and the 100 of the test split test images (the authors' split).
+    Validation and test batches hold only classes seen so far, and are never augmented.
 
     ## Observation space
     ``(batch_size, 3, 32, 32)`` float32, channels first (R, G, B): pixels divided by 255, then
     standardized per channel with the mean and standard deviation of the train-split images
     (the bounds of the ``Box`` are those of 0 and 255 after standardization). Training batches
     are augmented, each image independently: a horizontal flip with probability 0.5, a random
-    32×32 crop of the image padded by 4 pixels, a rotation by an angle uniform in [0°, 15°];
-    pixels coming from the padding or from outside the rotated image are 0 (the channel mean).
+    32×32 crop of the image padded by 4 pixels by reflection, a rotation by an angle uniform in
+    [0°, 15°]; pixels from outside the rotated image are 0 (the channel mean).
 
     ## Action space
     ``MultiDiscrete([100] * batch_size)``: the predicted label of every image. Only labels below
@@ -46,6 +46,7 @@ class ClassIncCIFAR100Env(PhasedStreamEnv):
     ``target``, ``task_id`` (the increment), ``task_boundary``, ``phase`` (``"train"``, ``"val"``
     or ``"test"``), ``epoch`` (0..epochs-1 in training and validation, ``epochs`` in the test
     phase), ``step_in_task``, ``n_classes`` (classes available in the increment: 5, 10, ...),
+    ``train_epochs`` (the training epochs of every increment, for a per-epoch step-size schedule),
     and the ``next_`` versions of these for the returned batch. Agents must not learn from
     ``target`` in ``val`` and ``test`` phases. A validation or test pass whose size
     ``batch_size`` does not divide ends with a partial batch (zero rows pad the observation;
@@ -163,7 +164,7 @@ class ClassIncCIFAR100Env(PhasedStreamEnv):
         self.class_order = self._rng(ROLE_STRUCTURE).permutation(N_CLASSES)
 
     def _task_extras(self, task_id: int) -> dict[str, Any]:
-        return {"n_classes": self.classes_per_increment * (task_id + 1)}
+        return {"n_classes": self.classes_per_increment * (task_id + 1), "train_epochs": self.epochs}
 
     def seen_classes(self, task_id: int | None = None) -> np.ndarray:
         """Data set classes of labels ``0 .. n_classes - 1`` in an increment (default: the current one)."""
@@ -189,8 +190,8 @@ class ClassIncCIFAR100Env(PhasedStreamEnv):
         classes = self.class_order[labels]  # type: ignore[index]
         if phase == "test":
             return self.dataset.test.array[classes, image]
-        if phase == "val":
-            image = image + self.train_per_class  # validation images follow the training images
+        if phase != "val":
+            image = image + self.val_per_class  # training images follow the validation images
         return self.dataset.train.array[classes, image]
 
     def _fill(self, task_id: int, phase: str, epoch: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:

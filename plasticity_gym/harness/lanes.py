@@ -124,7 +124,10 @@ class SingleLanes:
         return {None: agent_record(self.agent, self.spec)}
 
     def run_records(self) -> list[dict[str, Any]]:
-        return [{}]
+        # An agent that selects its tested network on validation data says which epoch it kept.
+        selection = getattr(self.agent, "model_selection", None)
+        chosen = selection() if callable(selection) else None
+        return [{"model_selection": chosen} if chosen is not None else {}]
 
     def snapshot(self) -> Any:
         return (self.env, self._obs, self._info, self.seed, agent_blob(self.agent))

@@ -60,6 +60,7 @@ def agent_record(agent: Any, spec: AgentSpec) -> dict[str, Any]:
         "config_hash": sha256_of(config),
         "uses_task_boundaries": bool(agent.uses_task_boundaries),
         "learns_only_in_train": bool(getattr(agent, "learns_only_in_train", True)),
+        "selects_on_validation": bool(getattr(agent, "selects_on_validation", False)),
     }
 
 

@@ -189,6 +189,8 @@ def _agent_messages(entry: dict[str, Any], inv: Any, spaces: tuple[Any, Any]) ->
         return [f"agent.factory, agent.config: the reference agent {agent['factory']!r} cannot be built from "
                 f"them: {str(exc).splitlines()[0][:200]}"]
     rebuilt = agent_record(built, spec)
+    if "selects_on_validation" not in agent and not rebuilt["selects_on_validation"]:
+        rebuilt.pop("selects_on_validation")  # a declaration added since the entry was made
     config = _without_added_switches(rebuilt["config"], agent["config"])
     if config is not rebuilt["config"]:
         rebuilt = dict(rebuilt, config=config, config_hash=sha256_of(config))

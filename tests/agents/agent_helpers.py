@@ -21,4 +21,4 @@ def reg_spaces(batch: int = 1, n_in: int = 6):
 def train_info(target, *, boundary: bool = False, phase: str = "train", next_phase: str = "train"):
     return {"target": np.asarray(target), "phase": phase, "next_phase": next_phase,
             "task_boundary": False, "next_task_boundary": boundary, "task_id": 0,
-            "step_in_task": 0}
+            "step_in_task": 0, "epoch": 0, "train_epochs": 1}

@@ -50,7 +50,7 @@ def _grads(core: LockstepLearner, x: np.ndarray, y: np.ndarray) -> list[torch.Te
 
 
 def _step(learner, x, y) -> None:
-    info = {"phase": "train", "next_phase": "train", "target": y}
+    info = {"phase": "train", "next_phase": "train", "target": y, "epoch": 0, "train_epochs": 1}
     learner.observe(x, learner.act(x, info), None, info)
 
 
@@ -168,7 +168,7 @@ def test_clip_bounds_of_every_layer_kind():
     assert clip_bound(InitSpec("normal", 0.1)) == pytest.approx(0.1 * math.sqrt(3.0))
     net = ResNet18(10, width=4, generator=torch.Generator().manual_seed(0))
     bounds = module_clip_bounds(net)
-    assert bounds[net.stem.weight] == pytest.approx(math.sqrt(2.0 / (4 * 9)) * math.sqrt(3.0))
+    assert bounds[net.stem.weight] == pytest.approx(math.sqrt(2.0 / (3 * 9)) * math.sqrt(3.0))  # fan_in 3·3·3
     assert all(p not in bounds for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
     user = torch.nn.Sequential(torch.nn.Linear(16, 3), torch.nn.LayerNorm(3))
     bounds = module_clip_bounds(user)

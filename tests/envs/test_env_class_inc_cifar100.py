@@ -123,7 +123,8 @@ def test_val_and_test_hold_only_seen_classes_unaugmented_train_is_augmented():
         position += len(schedule)
         seen = u.seen_classes(j)
         assert len(seen) == 2 * (j + 1)
-        for phase, per_class, offset, split in (("val", 4, 9, u.dataset.train), ("test", 5, 0, u.dataset.test)):
+        # validation: the first 4 of each class's train-split images (the authors' split); training the next 9
+        for phase, per_class, offset, split in (("val", 4, 0, u.dataset.train), ("test", 5, 0, u.dataset.test)):
             for epoch in ((0, 1) if phase == "val" else (2,)):
                 obs = np.concatenate([o[:len(i["target"])] for o, i, _ in chunk
                                       if i["phase"] == phase and i["epoch"] == epoch])
@@ -136,7 +137,7 @@ def test_val_and_test_hold_only_seen_classes_unaugmented_train_is_augmented():
                 assert len(obs) == len(expected) == per_class * len(seen)
                 assert {x.tobytes(): lab for x, lab in zip(obs, labels)} == expected  # exact, no augmentation
         train = [(o, i) for o, i, _ in chunk if i["phase"] == "train"]
-        exact = {x.tobytes() for x in standardized(u, u.dataset.train.array[seen, :9].reshape(-1, 3072))}
+        exact = {x.tobytes() for x in standardized(u, u.dataset.train.array[seen, 4:13].reshape(-1, 3072))}
         n_exact = sum(x.tobytes() in exact for o, _ in train for x in o)
         assert n_exact < 0.2 * sum(len(o) for o, _ in train)  # training images are augmented
         assert all(i["target"].max() < len(seen) for _, i in train)
@@ -149,7 +150,7 @@ def test_without_augmentation_training_shows_each_seen_image_once_per_epoch():
     seen = u.seen_classes(0)
     first = [(o, i) for o, i, _ in steps if i["task_id"] == 0 and i["phase"] == "train" and i["epoch"] == 0]
     images = {x.tobytes(): lab for lab in range(2)
-              for x in standardized(u, u.dataset.train.array[seen[lab], :9])}
+              for x in standardized(u, u.dataset.train.array[seen[lab], 4:13])}
     got = {x.tobytes(): lab for o, i in first for x, lab in zip(o, i["target"])}
     assert got == images
     # Same order as with augmentation (the augmentation draws come after the order).
@@ -182,7 +183,7 @@ def test_probe_holds_seen_classes_training_images():
     x, y = u.probe_batch(40)
     assert y.max() < 2 and x.shape == (40, 3, 32, 32)
     seen = u.seen_classes()
-    exact = {im.tobytes() for lab in range(2) for im in standardized(u, u.dataset.train.array[seen[lab], :9])}
+    exact = {im.tobytes() for lab in range(2) for im in standardized(u, u.dataset.train.array[seen[lab], 4:13])}
     assert all(im.tobytes() in exact for im in x)
 
 
