@@ -15,7 +15,7 @@ import gymnasium as gym
 from plasticity_gym_agents.config import (CBPConfig, LearnerConfig, NetworkConfig, OptimizerConfig, ReDoConfig,
                            ShrinkPerturbConfig, config_hash, deep_merge)
 from plasticity_gym_agents.config import L2InitConfig, UPGDConfig, WeightClipConfig
-from plasticity_gym_agents.config import SNRConfig
+from plasticity_gym_agents.config import LRScheduleConfig, SNRConfig
 from plasticity_gym_agents.defaults import (AGENT_NAMES, ENV_IDS, RL_AGENT_NAMES, SCALES, default_config, defaults_table,
                              rl_default_overrides)
 from plasticity_gym_agents.learners import SupervisedLearner, task_spec
@@ -25,7 +25,7 @@ from plasticity_gym_agents.protocol import Agent
 __all__ = ["AGENT_NAMES", "ENV_IDS", "SCALES", "Agent", "PPOAgent", "PPOConfig", "RL_AGENT_NAMES", "CBPConfig",
            "LearnerConfig", "NetworkConfig", "OptimizerConfig", "ReDoConfig", "ShrinkPerturbConfig",
            "SupervisedLearner", "config_hash", "default_config", "defaults_table", "make_agent", "make_ppo_agent",
-           "resolve_config", "L2InitConfig", "UPGDConfig", "WeightClipConfig", "SNRConfig"]
+           "resolve_config", "L2InitConfig", "LRScheduleConfig", "UPGDConfig", "WeightClipConfig", "SNRConfig"]
 
 
 def resolve_config(name: str, observation_space: gym.Space, action_space: gym.Space, *,

@@ -207,6 +207,10 @@ class SupervisedLearner:
         pending, self._pending = self._pending, None
         if self._selection is not None and info.get("phase") == "val":
             self._score_validation(reward, info)
+        elif self._selection is not None and info.get("phase") == "test" \
+                and int(info.get("task_id", 0)) not in self._selection.tasks:
+            raise ValueError(f"early_stopping: task {info.get('task_id', 0)} reached its test phase without a "
+                             "validation phase to select on; this stream has none: set early_stopping to false")
         if not learning_phase(info):
             return
         if "target" not in info:

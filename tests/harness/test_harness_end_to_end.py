@@ -84,3 +84,23 @@ def test_run_reports_bad_input_clearly(cli, tmp_path):
     assert code == 2 and "no_such_key" in err
     code, _, err = cli("run", "SlowRegression-v0", "--agent", "nosuchmodule:make", "--out", tmp_path / "x.json")
     assert code == 2 and "nosuchmodule" in err
+
+
+def test_an_agent_that_selects_on_validation_says_so_and_records_its_choices(tmp_path, cli):
+    """CIFAR's base system selects its tested network on validation data (early stopping): the
+    entry's agent block declares it and every run lists the epoch restored per increment."""
+    out = tmp_path / "backprop.json"
+    code, _, stderr = cli("run", "ClassIncCIFAR100-v0", "--agent", "backprop", "--scale", "smoke", "--seeds", "1",
+                          "--env-set", "epochs=3", "--out", out, "--no-progress")
+    assert code == 0, stderr
+    data = json.loads(out.read_text())
+    assert data["agent"]["selects_on_validation"] is True
+    assert data["agent"]["config"]["early_stopping"] is True
+    assert data["agent"]["config"]["lr_schedule"] == {"milestones": [0.3, 0.6, 0.8], "factor": 0.2}
+    selection = data["runs"][0]["model_selection"]
+    assert selection["task"] == [0, 1] and all(0 <= e < 3 for e in selection["epoch"])
+    assert cli("validate", out)[0] == 0
+    data["runs"][0]["model_selection"]["epoch"] = [-1, 0]  # the schema bounds it
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert cli("validate", bad)[0] != 0
