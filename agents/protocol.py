@@ -22,6 +22,11 @@ class Agent(Protocol):
     action; it learns from ``info["target"]`` only when ``info["phase"] == "train"``.
     ``uses_task_boundaries`` is True if the agent reads ``task_boundary``/``next_task_boundary``
     (privileged information that a leaderboard entry must declare).
+
+    Optional: an agent that chooses the network it is tested with on validation data (early
+    stopping) sets ``selects_on_validation = True`` (the result's agent block declares it) and
+    may give ``model_selection()``, a dict of equal-length lists (``task``, ``epoch``,
+    ``val_accuracy``: per finished task, the epoch it returned to), stored in each run.
     """
 
     uses_task_boundaries: bool

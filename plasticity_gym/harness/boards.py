@@ -92,6 +92,29 @@ def _episodic(res: Result) -> bool:
     return res.data["protocol"]["metric"] == "episodic_return"
 
 
+# A board with the reference `retrain` entry (the same base system trained from scratch at every
+# task) shows every entry's final test accuracy next to it, as the paper's CIFAR-100 Figure 2b.
+RETRAIN_AGENT = "retrain"
+FINAL_METRIC = "test_accuracy_final"
+
+
+def _retrain_final(results: Sequence[Result]) -> float | None:
+    """The reference ``retrain`` entry's final test accuracy on this board, if it has one."""
+    for res in results:
+        m = res.summary.get(FINAL_METRIC)
+        if res.agent_name == RETRAIN_AGENT and res.data["agent"]["source"] == "reference" and m \
+                and m["value"] is not None:
+            return float(m["value"])
+    return None
+
+
+def _vs_retrain(res: Result, retrain: float) -> str:
+    m = res.summary.get(FINAL_METRIC)
+    if m is None or m["value"] is None:
+        return "—"
+    return f"{100 * (m['value'] - retrain):+.1f} pts"
+
+
 def _columns(results: Sequence[Result]) -> list[str]:
     primary = results[0].primary
     cols = [primary]
@@ -139,6 +162,9 @@ def render_board(board: Sequence[tuple[Path, Result]], *, markdown: bool = True,
     first = rows_in[0][1]
     env = first.data["env"]
     cols = _columns([r for _, r in rows_in])
+    retrain = _retrain_final([r for _, r in rows_in])
+    if retrain is not None and FINAL_METRIC not in cols:
+        cols.append(FINAL_METRIC)
     better = "higher" if first.summary.get(first.primary, {}).get("higher_is_better", True) else "lower"
     title = f"{env['id']} — scale `{env['scale']}`" if markdown else f"{env['id']}  (scale {env['scale']})"
     budget = env["budget"]
@@ -152,7 +178,8 @@ def render_board(board: Sequence[tuple[Path, Result]], *, markdown: bool = True,
         f"{length}; "
         f"ranked by {first.primary} ({better} is better), mean over seeds [95% CI: {_ci_name(rows_in)}]"
     )
-    header = ["#", "agent", *cols, "seeds", "task boundaries", "config", "entry"]
+    header = ["#", "agent", *cols, *(["final vs retrain"] if retrain is not None else []),
+              "seeds", "task boundaries", "config", "entry"]
     rows = []
     for rank, (path, res) in enumerate(rows_in, 1):
         try:
@@ -163,6 +190,7 @@ def render_board(board: Sequence[tuple[Path, Result]], *, markdown: bool = True,
             str(rank),
             res.agent_name + ("" if res.data["agent"]["source"] == "reference" else " (custom)"),
             *(_fmt_ci(res.summary.get(c), c) for c in cols),
+            *([_vs_retrain(res, retrain)] if retrain is not None else []),
             f"{len(res.seeds)}" + (" (preliminary)" if is_preliminary(res) else ""),
             "yes" if res.data["agent"]["uses_task_boundaries"] else "no",
             res.data["agent"]["config_hash"][:8],

@@ -117,3 +117,27 @@ def test_cli_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"plasticity-gym {plasticity_gym.__version__}"
+
+
+def test_a_board_with_retrain_shows_every_final_accuracy_relative_to_it():
+    """The CIFAR board, as the paper's Fig. 2b: each entry's final test accuracy on all classes
+    next to the reference `retrain` entry's, in points."""
+    from pathlib import Path
+
+    from plasticity_gym.harness.boards import load_entries, render_board
+
+    board = Path(__file__).resolve().parents[2] / "leaderboards" / "ClassIncCIFAR100-v0" / "smoke"
+    entries = load_entries([board])
+    names = {res.agent_name: res for _, res in entries}
+    assert {"retrain", "backprop", "head-reset"} <= set(names)
+    table = render_board(entries)
+    header = next(line for line in table.splitlines() if line.startswith("| #"))
+    assert "final vs retrain" in header and "test_accuracy_final" in header
+    base = names["retrain"].summary["test_accuracy_final"]["value"]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 2 and cells[1] in names:
+            want = 100 * (names[cells[1]].summary["test_accuracy_final"]["value"] - base)
+            assert f"{want:+.1f} pts" in cells, line
+    without = [(p, r) for p, r in entries if r.agent_name != "retrain"]
+    assert "final vs retrain" not in render_board(without)
