@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,46 @@ def atomic_pickle(path: str | os.PathLike, obj: Any) -> None:
 def load_pickle(path: str | os.PathLike) -> Any:
     with open(path, "rb") as fh:
         return pickle.load(fh)
+
+
+class JSONInputError(ValueError):
+    """A JSON file that is too large or too deeply nested to read, or not JSON (one line)."""
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string literal (escapes included)
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects in the JSON text ``data`` (brackets inside strings
+    do not count), found without parsing, so that a deep file is refused before a parser recurses."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
+    step = (np.isin(brackets, (ord("["), ord("{"))).astype(np.int8)
+            - np.isin(brackets, (ord("]"), ord("}"))).astype(np.int8))
+    deepest, level = 0, 0
+    for start in range(0, step.size, 1 << 22):  # in chunks: the running depth of a huge file stays small
+        depth = np.cumsum(step[start:start + (1 << 22)], dtype=np.int64) + level
+        if depth.size:
+            deepest, level = max(deepest, int(depth.max())), int(depth[-1])
+    return deepest
+
+
+def read_json(path: str | os.PathLike, *, max_bytes: int, max_depth: int, what: str = "JSON file") -> Any:
+    """``path`` parsed as JSON, refusing (:class:`JSONInputError`, one line) a file over
+    ``max_bytes`` or nested deeper than ``max_depth`` before parsing it."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise JSONInputError(f"{path}: {size:,} bytes; a {what} is at most {max_bytes:,} bytes")
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while being read
+        raise JSONInputError(f"{path}: over {max_bytes:,} bytes; a {what} is at most {max_bytes:,} bytes")
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise JSONInputError(f"{path}: nested {depth} levels deep; a {what} nests at most {max_depth} levels")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise JSONInputError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise JSONInputError(f"{path} is not JSON: {exc}") from None
