@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -57,8 +58,17 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file in the target directory, fsync, then ``os.replace``.
+def usual_mode(mode: int) -> int:
+    """``mode`` less the process's umask: what ``open``/``mkdir`` would give a new file or folder
+    (``mkstemp``/``mkdtemp`` make theirs private)."""
+    return mode & ~_UMASK
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
+    """Write ``data`` to a uniquely named temp file in the target directory, fsync, then move it
+    into place: ``os.replace``, or with ``replace=False`` an exclusive hard link that raises
+    ``FileExistsError`` when ``path`` exists (of two writers of one new name, one wins and the
+    other is told).
 
     A crash at any point leaves either the old file or the new one, never a torn file.
     """
@@ -66,18 +76,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, usual_mode(0o666))  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path, data)
+    finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _link_exclusive(tmp: str, path: Path, data: bytes) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
         raise
+    except OSError as exc:  # a file system without hard links: an exclusive create instead
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+            raise
+        with open(path, "xb") as fh:
+            fh.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

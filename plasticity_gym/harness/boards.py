@@ -7,16 +7,13 @@ any of these measured different things and never share a table. Files live in
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from plasticity_gym.harness._io import _UMASK, atomic_write_text
+from plasticity_gym.harness._io import atomic_write_bytes, atomic_write_text
 from plasticity_gym.harness.result import CI_METHOD, Result
 from plasticity_gym.harness.schema import SCHEMA_FILENAME, ResultValidationError, read_entry
 
@@ -269,34 +266,11 @@ def submit(path: str | Path, board_dir: str | Path, *, name: str | None = None, 
             / f"{_path_part(name, 'the name')}.json")
     if root.resolve() not in dest.resolve().parents:
         raise ValueError(f"{dest} is outside the board folder {root}; choose another --name")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    payload = Path(path).read_bytes()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, dest)
-        else:
-            try:  # an exclusive link: of two submits of one name, one files it and the other is told
-                os.link(tmp, dest)
-            except FileExistsError:
-                raise FileExistsError(f"{dest} exists (another entry of this name); give another --name, or "
-                                      "--replace to replace it") from None
-            except OSError as exc:  # a file system without hard links: an exclusive create instead
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
-                    raise
-                try:
-                    with open(dest, "xb") as fh:
-                        fh.write(payload)
-                except FileExistsError:
-                    raise FileExistsError(f"{dest} exists (another entry of this name); give another --name, "
-                                          "or --replace to replace it") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write_bytes(dest, Path(path).read_bytes(), replace=replace)
+    except FileExistsError:
+        raise FileExistsError(f"{dest} exists (another entry of this name); give another --name, or --replace "
+                              "to replace it") from None
     return dest
 
 

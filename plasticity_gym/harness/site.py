@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from plasticity_gym.harness import boards
-from plasticity_gym.harness._io import _UMASK
+from plasticity_gym.harness._io import usual_mode
 from plasticity_gym.harness.result import Result
 
 MARKER = ".plasticity-gym-site"  # lists the files of the last build, so a rebuild removes stale pages
@@ -81,7 +81,7 @@ def write_site(entries: Sequence[Entry], out_dir: str | Path, *, board_dir: str 
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-{os.getpid()}-", dir=final.parent))
     try:
         written = _write_into(entries, out, board_dir)
-        os.chmod(out, 0o777 & ~_UMASK)
+        os.chmod(out, usual_mode(0o777))
         _swap_into_place(out, final)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

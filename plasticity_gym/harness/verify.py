@@ -1,23 +1,29 @@
 """Trusting an entry: check its numbers (:func:`check_entry`) and reproduce its runs (:func:`verify`).
 
-:func:`check_entry` is what ``plasticity-gym validate`` and ``submit`` run. On top of the shape
-(:func:`plasticity_gym.harness.schema.result_errors`: the JSON Schema, finite numbers, hashes) it
+A result file is data: nothing here imports a module that a file names. :func:`check_entry` is
+what ``plasticity-gym validate``, ``leaderboard``, ``site`` and ``submit`` run. On top of the shape
+(:func:`plasticity_gym.harness.schema.result_errors`: the JSON Schema, finite numbers, hashes,
+series within the budget) it
 
 * recomputes the summary from the runs with the code that wrote it
   (:func:`plasticity_gym.harness.result.summary_errors`): every value, per-seed value and interval,
   the primary metric and each metric's ``higher_is_better``;
+* checks the seeds against the stored command: distinct, and exactly the ones it asked for
+  (``--seeds N``: 0..N-1; ``--seed-list``), so that no seed is dropped, repeated or relabelled;
 * rebuilds the env from the entry's stored invocation (its scale and the kwargs the command set)
   and compares the env block it records: ``env.id``, ``env.scale``, ``env.kwargs``, the data
   identity and the budget, and the metric the env is scored by (``protocol.metric``). An env
-  whose data is not on this machine, or that is not a registered id, is not rebuilt (a note says
+  whose data is not on this machine, or a user's ``module:Id`` env, is not rebuilt (a note says
   so);
-* for a reference agent, rebuilds the agent record: its name, config and declarations.
+* for a reference agent (a name of the installed reference agents), rebuilds the agent record:
+  its name, config and declarations. A user's agent is not rebuilt (``custom agent: not rebuilt``).
 
-:func:`verify` re-runs the first ``k`` of an entry's seeds from its stored invocation on this
-machine and compares the runs value by value: on the same device, CPU, versions and source they must be
-identical (up to :data:`SAME_RTOL`, the last-bit differences of a batch of another size in
-lockstep linear algebra); on another device, CPU (its SIMD extensions change which BLAS/LAPACK kernels run) or other
-versions or source, within :data:`OTHER_RTOL`.
+:func:`verify` re-runs some of an entry's seeds on this machine, each in the lockstep batch it ran
+in (:func:`layout_of`), and compares the runs value by value: on the same device, CPU, versions and
+source the series exactly and the probe diagnostics to :data:`PROBE_RTOL`; on another device,
+CPU (its SIMD extensions change which BLAS/LAPACK kernels run) or other versions or source,
+everything within :data:`OTHER_RTOL`. It runs a user's agent or env only when the caller names its
+module in ``allow_import``.
 """
 
 from __future__ import annotations
