@@ -32,6 +32,7 @@ import ast
 import json
 import math
 import shlex
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -67,7 +68,7 @@ class Invocation:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
-    seeds: list[int] | None = None  # the seeds the command asked for (``--seeds N``: 0..N-1)
+    seeds: Sequence[int] | None = None  # the seeds the command asked for (``--seeds N``: range(N))
     threads: int | None = None  # ``--threads`` (a lockstep batch rounds as its threads split it)
 
 
@@ -78,7 +79,7 @@ def _cli_invocation(argv: list[str]) -> Invocation | None:
     if args is None:
         return None
     try:
-        seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
+        seeds = list(args.seed_list) if args.seed_list else range(max(args.seeds, 0))
         return Invocation(args.env_id, args.agent, args.scale,
                           parse_sets(args.env_set, "--env-set", nest=False), parse_sets(args.set), args.steps,
                           seeds, args.threads)
@@ -95,7 +96,7 @@ def _api_invocation(command: str) -> Invocation | None:
             return None
         pos = [ast.literal_eval(a) for a in call.args]
         kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):  # not a readable call
         return None
     names = ["env_id", "agent", "scale", "seeds", "env_kwargs"]
     kw.update(dict(zip(names, pos)))
@@ -103,11 +104,12 @@ def _api_invocation(command: str) -> Invocation | None:
         return None
     seeds = kw.get("seeds", (0,))
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = list(range(seeds))  # evaluate(seeds=n): seeds 0..n-1
-    if not isinstance(seeds, (list, tuple)) or not all(isinstance(x, int) for x in seeds):
+        seeds = range(max(seeds, 0))  # evaluate(seeds=n): seeds 0..n-1
+    elif not isinstance(seeds, (list, tuple)) or not all(isinstance(x, int) for x in seeds):
         seeds = None
     return Invocation(kw["env_id"], kw["agent"], kw.get("scale", "cpu"), dict(kw.get("env_kwargs") or {}),
-                      dict(kw.get("overrides") or {}), kw.get("steps"), None if seeds is None else list(seeds),
+                      dict(kw.get("overrides") or {}), kw.get("steps"),
+                      seeds if seeds is None or isinstance(seeds, range) else list(seeds),
                       kw.get("threads") if isinstance(kw.get("threads"), int) else None)
 
 
@@ -176,22 +178,26 @@ def buildable_env(env_id: str) -> bool:
 def _seed_messages(entry: Mapping[str, Any], inv: Invocation | None) -> tuple[list[str], list[str]]:
     """The seeds are part of the claim: distinct, and exactly the ones the stored command asked for."""
     seeds = list(entry["seeds"])
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    twice = sorted(s for s, n in Counter(seeds).items() if n > 1)
     if twice:
         return [f"seeds: seed {twice[0]} appears more than once ({seeds[:20]}); each seed is one independent "
                 "repetition"], []
     if inv is None or inv.seeds is None:
         return [], ["seeds not checked against a request: provenance.command is not a run command this version "
                     "reads"]
-    if seeds != inv.seeds:
-        dropped = [s for s in inv.seeds if s not in seeds]
-        added = [s for s in seeds if s not in inv.seeds]
+    asked = inv.seeds  # a range for --seeds N: never expanded beyond what the entry holds
+    if len(asked) == len(seeds) and all(a == b for a, b in zip(seeds, asked)):
+        return [], []
+    if len(asked) > len(seeds) + 1000:
+        what = f"{len(asked):,} seeds asked for, {len(seeds):,} held"
+    else:
+        held, wanted = set(seeds), set(asked)
+        dropped, added = [s for s in asked if s not in held], [s for s in seeds if s not in wanted]
         what = "; ".join(x for x in (f"missing {dropped[:10]}" if dropped else "",
                                      f"not asked for {added[:10]}" if added else "",
                                      "in another order" if not dropped and not added else "") if x)
-        return [f"seeds: {seeds[:20]} are not the seeds provenance.command asked for ({inv.seeds[:20]}: "
-                f"{what}); an entry holds every seed its command ran, as it ran them"], []
-    return [], []
+    return [f"seeds: {seeds[:20]} are not the seeds provenance.command asked for ({list(asked[:20])}: {what}); "
+            "an entry holds every seed its command ran, as it ran them"], []
 
 
 def _identity_messages(entry: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -344,8 +350,9 @@ class VerifyReport:
                      + f"; tolerance {OTHER_RTOL:g} relative per value")
         lines = [f"re-ran seed{'s' if len(self.seeds) > 1 else ''} {', '.join(map(str, self.seeds))} ({setup})"]
         if self.batch_mates:
-            lines.append(f"  (in their lockstep batch, as they ran: seeds {', '.join(map(str, self.batch_mates))} "
-                         "ran beside them)")
+            mates = self.batch_mates
+            lines.append(f"  (re-run in the lockstep batch {'it' if len(self.seeds) == 1 else 'they'} ran in, beside "
+                         f"seed{'s' if len(mates) > 1 else ''} {', '.join(map(str, mates))})")
         for seed, m in self.mismatches.items():
             lines.append(f"  seed {seed}: " + ("MISMATCH: " + m if m else "reproduced"))
         if self.added:

@@ -160,7 +160,7 @@ def test_an_honest_lockstep_entry_verifies_for_any_seed_subset(made_here, cli):
     code, out, err = cli("verify", made_here, "--seeds", "1")
     assert code == 0, out + err
     assert "seed 0: reproduced" in out and "exactly" in out
-    assert "in their lockstep batch, as they ran: seeds 1, 2 ran beside them" in out
+    assert "(re-run in the lockstep batch it ran in, beside seeds 1, 2)" in out
 
 
 def test_tolerance_per_field_family():
