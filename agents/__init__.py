@@ -19,10 +19,12 @@ from plasticity_gym_agents.config import LRScheduleConfig, SNRConfig
 from plasticity_gym_agents.defaults import (AGENT_NAMES, ENV_IDS, RL_AGENT_NAMES, SCALES, default_config, defaults_table,
                              rl_default_overrides)
 from plasticity_gym_agents.learners import SupervisedLearner, task_spec
+from plasticity_gym_agents.lockstep import PER_REPLICA, LockstepLearner, lockstep_support
 from plasticity_gym_agents.ppo import PPOAgent, PPOConfig, make_ppo_agent
 from plasticity_gym_agents.protocol import Agent
 
-__all__ = ["AGENT_NAMES", "ENV_IDS", "SCALES", "Agent", "PPOAgent", "PPOConfig", "RL_AGENT_NAMES", "CBPConfig",
+__all__ = ["AGENT_NAMES", "ENV_IDS", "PER_REPLICA", "SCALES", "Agent", "LockstepLearner", "lockstep_support",
+           "PPOAgent", "PPOConfig", "RL_AGENT_NAMES", "CBPConfig",
            "LearnerConfig", "NetworkConfig", "OptimizerConfig", "ReDoConfig", "ShrinkPerturbConfig",
            "SupervisedLearner", "config_hash", "default_config", "defaults_table", "make_agent", "make_ppo_agent",
            "resolve_config", "L2InitConfig", "LRScheduleConfig", "UPGDConfig", "WeightClipConfig", "SNRConfig"]

@@ -159,12 +159,12 @@ def resolve_agent(
                                         scale=scale, overrides=overrides or None)
 
     def lockstep_reason(observation_space, action_space):
-        from plasticity_gym_agents.lockstep import lockstep_support
+        from plasticity_gym_agents import lockstep_support
 
         return lockstep_support(config(observation_space, action_space))
 
     def build_lockstep(observation_space, action_space, seeds, device):
-        from plasticity_gym_agents.lockstep import LockstepLearner
+        from plasticity_gym_agents import LockstepLearner
 
         return LockstepLearner(agent, config(observation_space, action_space), observation_space,
                                action_space, seeds=seeds, device=device)

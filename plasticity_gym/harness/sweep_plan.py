@@ -138,7 +138,7 @@ def _flat_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
 def _structure(spec: SweepSpec, setting: Setting) -> str:
     """What must be equal for settings to share a lockstep learner: the env kwargs, and the
     overrides once the per-replica scalar hyperparameters are taken out."""
-    from plasticity_gym_agents.lockstep import PER_REPLICA
+    from plasticity_gym_agents import PER_REPLICA
 
     overrides = json.loads(json.dumps(to_jsonable(dict(setting.overrides))))
     for section, keys in PER_REPLICA.items():

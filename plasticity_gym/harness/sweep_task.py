@@ -186,7 +186,7 @@ class GridLanes(LockstepLanes):
     def learner(specs: Mapping[str, AgentSpec], keys: Sequence[tuple[str, int]], observation_space: Any,
                 action_space: Any, device: str) -> Any:
         """One lockstep learner holding every replica, each with its setting's config."""
-        from plasticity_gym_agents.lockstep import LockstepLearner
+        from plasticity_gym_agents import LockstepLearner
 
         first = specs[keys[0][0]]
         if first.config is None:

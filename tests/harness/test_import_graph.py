@@ -80,3 +80,32 @@ def test_no_import_circle():
 def test_no_module_imports_another_modules_underscore_names():
     _, private = _graph()
     assert private == []
+
+
+def _walls(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that break ARCHITECTURE.md's walls: envs and data import nothing of agents or the
+    harness; the benchmark (plasticity_gym) reaches the reference agents only through their
+    package's face, ``plasticity_gym_agents``, and agents import nothing of the benchmark but its
+    envs' spaces (none: they see spaces through gymnasium)."""
+    broken = []
+    for m, targets in graph.items():
+        for t in targets:
+            if m.startswith(("plasticity_gym.envs", "plasticity_gym.data")) and \
+                    t.startswith(("plasticity_gym_agents", "plasticity_gym.harness")):
+                broken.append(f"{m} -> {t}")
+            if m.startswith("plasticity_gym.") and t.startswith("plasticity_gym_agents."):
+                broken.append(f"{m} -> {t} (use the package face, plasticity_gym_agents)")
+            if m.startswith("plasticity_gym_agents") and t.startswith("plasticity_gym.harness"):
+                broken.append(f"{m} -> {t}")
+    return sorted(broken)
+
+
+def test_the_wall_checker_sees_a_broken_wall():
+    assert _walls({"plasticity_gym.harness.resolve": {"plasticity_gym_agents.lockstep"}}) != []
+    assert _walls({"plasticity_gym.envs.stream": {"plasticity_gym.harness.loop"}}) != []
+    assert _walls({"plasticity_gym.harness.resolve": {"plasticity_gym_agents"}}) == []
+
+
+def test_the_walls_of_the_architecture_hold():
+    graph, _ = _graph()
+    assert _walls(graph) == []
