@@ -19,15 +19,22 @@ maturity 10,000 on both networks' hidden layers), ``ppo-redo`` (tuned, weight de
 threshold 0.1 every 100 updates). CBP and ReDo run after every mini-batch update through the
 project's one implementation (:class:`plasticity_gym_agents.cbp.ContinualBackprop`, :class:`plasticity_gym_agents.redo.ReDo`) on
 the networks' declared unit groups; the optimizer is :class:`plasticity_gym_agents.optim.ReferenceOptimizer`,
-whose Adam keeps a step count per element, so a replaced unit's slices restart their bias
-correction (the authors' AdamGnT).
+whose Adam keeps a step count per element.
+
+As the authors' code, the env receives the raw Gaussian sample (Ant's control cost is computed on
+it; MuJoCo clamps the control itself); ``clip_actions=True`` sends it clipped to the action space
+instead (the stored action and its log-prob stay the unclipped sample either way).
 
 Differences from the authors' code, all deliberate and documented in docs/ppo.md:
-the env receives actions clipped to the action space (the stored action and its log-prob are the
-unclipped sample; ``clip_actions=False`` sends the raw sample); a time-limit truncation is
-bootstrapped with the value of the final observation (the authors treated it as termination);
-old log-probs and values are computed for the whole rollout in one batched forward at update
-time (the networks do not change during collection, so these are the same numbers, faster).
+
+* a time-limit truncation is bootstrapped with the value of the final observation; the authors'
+  old-gym loop treated it as a termination, a known bug (Pardo et al. 2018, "Time limits in
+  reinforcement learning"), which this project fixes;
+* the authors' PPO used torch's Adam, so their PPO+CBP reset no Adam state when it replaced a
+  unit. Here a replaced unit's Adam moments and per-element step counts are reset, so its slices
+  restart their bias correction: this project's correction, not the authors' behaviour;
+* old log-probs and values are computed for the whole rollout in one batched forward at update
+  time (the networks do not change during collection, so these are the same numbers, faster).
 
 The agent runs over a Gymnasium vector env of ``config.num_envs`` copies in ``SAME_STEP``
 autoreset mode (:func:`make_vector_env`); see :class:`plasticity_gym_agents.protocol.EpisodicAgent` for the
@@ -107,7 +114,7 @@ class PPOConfig(ConfigBase):
     value_coef: float = field(default=1.0, metadata=_range(0.0))
     entropy_coef: float = field(default=0.0, metadata=_range(0.0))
     max_grad_norm: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
-    clip_actions: bool = True
+    clip_actions: bool = False  # the authors' code: the env gets the raw sample
     optimizer: OptimizerConfig = field(default_factory=_paper_adam)
     cbp: CBPConfig | None = None
     redo: ReDoConfig | None = None
@@ -288,8 +295,8 @@ class PPOAgent:
 
     @torch.no_grad()
     def act(self, observation: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
-        """Sample an action for every env copy: ``(num_envs, act_dim)``, clipped to the action
-        space unless ``clip_actions`` is off (learning uses the unclipped sample)."""
+        """Sample an action for every env copy: ``(num_envs, act_dim)``, the raw Gaussian sample
+        (clipped to the action space when ``clip_actions`` is on; learning uses the raw sample)."""
         if self._pending is not None:
             raise RuntimeError("act() was called twice without observe(); pass each step's outcome "
                                "to observe() before asking for the next action")
