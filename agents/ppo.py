@@ -520,7 +520,15 @@ def make_ppo_agent(name: str, observation_space: gym.Space, action_space: gym.Sp
 def make_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``gym.make(env_id, **env_kwargs)`` stepped in this process, in the
     ``SAME_STEP`` autoreset mode :class:`EpisodicAgent` expects (a finished copy returns its next
-    episode's first observation at once, the final one in ``info["final_obs"]``)."""
+    episode's first observation at once, the final one in ``info["final_obs"]``): the env's own
+    vector env (``gym.make_vec``'s ``vector_entry_point``) where it has one in that mode, else a
+    ``SyncVectorEnv``."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+        if venv.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.SAME_STEP:
+            return venv
+        venv.close()
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **env_kwargs)] * num_envs,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 

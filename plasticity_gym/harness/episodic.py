@@ -4,7 +4,8 @@
 An episodic run drives one :class:`~plasticity_gym_agents.protocol.EpisodicAgent` per seed (PPO, or a user's
 ``module:factory``) on its own copies of a Gymnasium env (``AntFriction-v0``, ``Hopper-v5``, any
 registered env with a continuous action space). Every copy of every seed steps in ONE vector env
-of this process (``SAME_STEP`` autoreset), one lane per seed, through
+of this process (``SAME_STEP`` autoreset; the env's native vector env where it has one, as
+AntFriction-v0 does), one lane per seed, through
 :func:`plasticity_gym.harness.loop.run_segments`: checkpoints, ``--resume`` and the progress line
 work as for the supervised streams. The loop's "examples" are env steps here (per seed, all of
 its copies together).
@@ -148,6 +149,20 @@ class EpisodicRun:
 
     def make_env(self) -> gym.Env:
         return gym.make(self.env_id, disable_env_checker=True, **self.make_kwargs)
+
+    def make_vector_env(self, num_envs: int) -> gym.vector.VectorEnv:
+        """``num_envs`` copies in ``SAME_STEP`` autoreset mode: the env's own vector env where it
+        registers one in that mode (AntFriction-v0's steps every copy in one call), else a
+        ``SyncVectorEnv`` of ``gym.make`` copies."""
+        spec = gym.spec(self.env_id) if self.env_id in gym.registry else None
+        if spec is not None and spec.vector_entry_point is not None:
+            venv = gym.make_vec(self.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
+                                **self.make_kwargs)
+            if venv.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.SAME_STEP:
+                return venv
+            venv.close()
+        return gym.vector.SyncVectorEnv([self.env_fn()] * num_envs,
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
     def env_fn(self) -> Any:
         """A picklable constructor of one copy (checkpoints pickle the vector env)."""
@@ -338,8 +353,7 @@ class EpisodicLanes:
         k = int(agents[0].num_envs)
         if any(int(a.num_envs) != k for a in agents):
             raise ValueError(f"agent {spec.ident!r}: every seed's agent must drive the same number of env copies")
-        venv = gym.vector.SyncVectorEnv([run.env_fn()] * (len(seeds) * k),
-                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        venv = run.make_vector_env(len(seeds) * k)
         obs, info = venv.reset(seed=[int(s) * k + j for s in seeds for j in range(k)])
         return cls(spec, run, venv, obs, info, agents, seeds)
 
