@@ -368,18 +368,19 @@ class PPOAgent:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             before = [w.detach().clone() for w in _weights(self.policy)]
 
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
         replaced: dict[str, list[int]] = {}
-        count = 0
+        # Each mini-batch's statistics, read once after the update (not one host sync per value).
+        stat_rows: list[torch.Tensor] = []
         for _ in range(cfg.epochs):
             order = torch.randperm(t * n, generator=self.shuffle_gen, device=self.device)
             for idx in torch.tensor_split(order, cfg.minibatches):
-                logp = gaussian_log_prob(self.policy(obs[idx]), self.log_std, actions[idx])
+                mb_obs = obs[idx]
+                logp = gaussian_log_prob(self.policy(mb_obs), self.log_std, actions[idx])
                 log_ratio = logp - old_logp[idx]
                 ratio = torch.exp(log_ratio)
                 adv = advantages[idx]
                 policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - cfg.clip, 1.0 + cfg.clip)).mean()
-                value_loss = (self.value(obs[idx]).squeeze(-1) - returns[idx]).square().mean()
+                value_loss = (self.value(mb_obs).squeeze(-1) - returns[idx]).square().mean()
                 loss = policy_loss + cfg.value_coef * value_loss
                 if cfg.entropy_coef:  # a Gaussian's entropy depends only on its log-std
                     loss = loss - cfg.entropy_coef * (self.log_std + 0.5 + _LOG_SQRT_2PI).sum()
@@ -396,11 +397,9 @@ class PPOAgent:
                         for group, units in method.step().items():
                             replaced.setdefault(group, []).extend(units)
                 with torch.no_grad():
-                    sums["policy_loss"] += float(policy_loss)
-                    sums["value_loss"] += float(value_loss)
-                    sums["approx_kl"] += float(((ratio - 1.0) - log_ratio).mean())
-                    sums["clip_fraction"] += float(((ratio - 1.0).abs() > cfg.clip).float().mean())
-                count += 1
+                    stat_rows.append(torch.stack((policy_loss.detach(), value_loss.detach(),
+                                                  ((ratio - 1.0) - log_ratio).mean(),
+                                                  ((ratio - 1.0).abs() > cfg.clip).float().mean())))
 
         with torch.no_grad():
             change = sum(float((w - b).abs().sum()) for w, b in zip(_weights(self.policy), before))
@@ -411,7 +410,9 @@ class PPOAgent:
         self._max_weight_change = change if math.isnan(self._max_weight_change) else max(
             self._max_weight_change, change)
         self._probe_obs = obs.detach().clone()
-        stats = {k: v / count for k, v in sums.items()}
+        columns = zip(*torch.stack(stat_rows).tolist())  # summed in float64, in mini-batch order
+        stats = {k: sum(column) / len(stat_rows)
+                 for k, column in zip(("policy_loss", "value_loss", "approx_kl", "clip_fraction"), columns)}
         stats.update(update=self.updates, steps=self.steps, weight_change=change, replacements=n_replaced,
                      replaced_units=replaced,
                      std=float(torch.exp(self.log_std.detach()).mean()))

@@ -95,6 +95,18 @@ def test_the_native_vector_env_gives_the_sync_vector_envs_run(ant, monkeypatch):
     assert _run().comparable() == ant.comparable()
 
 
+def test_seeds_split_across_processes_give_the_one_process_run(ant, tmp_path):
+    # Two worker processes of one seed each, with checkpoints: the entry is the one-process run's
+    # but for the processes it records, and no checkpoint is left behind.
+    with pytest.raises(ValueError, match="workers=3 splits the seeds"):
+        _run(workers=3)
+    ckpt = tmp_path / "run.ckpt"
+    split = _run(workers=2, checkpoint=ckpt, checkpoint_every=200)
+    assert not ckpt.exists() and not list(tmp_path.glob("run.ckpt.part-*"))
+    assert split.data["protocol"].pop("processes") == 2
+    assert split.comparable() == ant.comparable()
+
+
 def test_result_is_schema_valid_and_episodic(ant):
     d = ant.data
     assert result_errors(d) == []
