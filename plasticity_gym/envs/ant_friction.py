@@ -113,9 +113,9 @@ class AntFrictionEnv(AntEnv):
     scale         change_every  run_steps    purpose
     ============  ============  ===========  ================================================
     ``smoke``     2,000         6,144        tests: a change every 2 full episodes
-    ``cpu``       50,000        150,000      3 frictions in a run; PPO on this 2-core machine
-                                             runs ~650–1,000 env steps/s, so ``ppo`` and
-                                             ``ppo-cbp`` × 3 seeds take about 25 min (default)
+    ``cpu``       50,000        150,000      3 frictions in a run; PPO on one core of a 2-core
+                                             machine runs ~850–1,200 env steps/s, so ``ppo``
+                                             and ``ppo-cbp`` × 3 seeds take about 15 min (default)
     ``paper``     2,000,000     20,000,000   the paper's schedule; 10 frictions
     ============  ============  ===========  ================================================
 
