@@ -19,15 +19,22 @@ maturity 10,000 on both networks' hidden layers), ``ppo-redo`` (tuned, weight de
 threshold 0.1 every 100 updates). CBP and ReDo run after every mini-batch update through the
 project's one implementation (:class:`plasticity_gym_agents.cbp.ContinualBackprop`, :class:`plasticity_gym_agents.redo.ReDo`) on
 the networks' declared unit groups; the optimizer is :class:`plasticity_gym_agents.optim.ReferenceOptimizer`,
-whose Adam keeps a step count per element, so a replaced unit's slices restart their bias
-correction (the authors' AdamGnT).
+whose Adam keeps a step count per element.
+
+As the authors' code, the env receives the raw Gaussian sample (Ant's control cost is computed on
+it; MuJoCo clamps the control itself); ``clip_actions=True`` sends it clipped to the action space
+instead (the stored action and its log-prob stay the unclipped sample either way).
 
 Differences from the authors' code, all deliberate and documented in docs/ppo.md:
-the env receives actions clipped to the action space (the stored action and its log-prob are the
-unclipped sample; ``clip_actions=False`` sends the raw sample); a time-limit truncation is
-bootstrapped with the value of the final observation (the authors treated it as termination);
-old log-probs and values are computed for the whole rollout in one batched forward at update
-time (the networks do not change during collection, so these are the same numbers, faster).
+
+* a time-limit truncation is bootstrapped with the value of the final observation; the authors'
+  old-gym loop treated it as a termination, a known bug (Pardo et al. 2018, "Time limits in
+  reinforcement learning"), which this project fixes;
+* the authors' PPO used torch's Adam, so their PPO+CBP reset no Adam state when it replaced a
+  unit. Here a replaced unit's Adam moments and per-element step counts are reset, so its slices
+  restart their bias correction: this project's correction, not the authors' behaviour;
+* old log-probs and values are computed for the whole rollout in one batched forward at update
+  time (the networks do not change during collection, so these are the same numbers, faster).
 
 The agent runs over a Gymnasium vector env of ``config.num_envs`` copies in ``SAME_STEP``
 autoreset mode (:func:`make_vector_env`); see :class:`plasticity_gym_agents.protocol.EpisodicAgent` for the
@@ -107,7 +114,7 @@ class PPOConfig(ConfigBase):
     value_coef: float = field(default=1.0, metadata=_range(0.0))
     entropy_coef: float = field(default=0.0, metadata=_range(0.0))
     max_grad_norm: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
-    clip_actions: bool = True
+    clip_actions: bool = False  # the authors' code: the env gets the raw sample
     optimizer: OptimizerConfig = field(default_factory=_paper_adam)
     cbp: CBPConfig | None = None
     redo: ReDoConfig | None = None
@@ -288,8 +295,8 @@ class PPOAgent:
 
     @torch.no_grad()
     def act(self, observation: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
-        """Sample an action for every env copy: ``(num_envs, act_dim)``, clipped to the action
-        space unless ``clip_actions`` is off (learning uses the unclipped sample)."""
+        """Sample an action for every env copy: ``(num_envs, act_dim)``, the raw Gaussian sample
+        (clipped to the action space when ``clip_actions`` is on; learning uses the raw sample)."""
         if self._pending is not None:
             raise RuntimeError("act() was called twice without observe(); pass each step's outcome "
                                "to observe() before asking for the next action")
@@ -361,18 +368,19 @@ class PPOAgent:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             before = [w.detach().clone() for w in _weights(self.policy)]
 
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
         replaced: dict[str, list[int]] = {}
-        count = 0
+        # Each mini-batch's statistics, read once after the update (not one host sync per value).
+        stat_rows: list[torch.Tensor] = []
         for _ in range(cfg.epochs):
             order = torch.randperm(t * n, generator=self.shuffle_gen, device=self.device)
             for idx in torch.tensor_split(order, cfg.minibatches):
-                logp = gaussian_log_prob(self.policy(obs[idx]), self.log_std, actions[idx])
+                mb_obs = obs[idx]
+                logp = gaussian_log_prob(self.policy(mb_obs), self.log_std, actions[idx])
                 log_ratio = logp - old_logp[idx]
                 ratio = torch.exp(log_ratio)
                 adv = advantages[idx]
                 policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - cfg.clip, 1.0 + cfg.clip)).mean()
-                value_loss = (self.value(obs[idx]).squeeze(-1) - returns[idx]).square().mean()
+                value_loss = (self.value(mb_obs).squeeze(-1) - returns[idx]).square().mean()
                 loss = policy_loss + cfg.value_coef * value_loss
                 if cfg.entropy_coef:  # a Gaussian's entropy depends only on its log-std
                     loss = loss - cfg.entropy_coef * (self.log_std + 0.5 + _LOG_SQRT_2PI).sum()
@@ -389,11 +397,9 @@ class PPOAgent:
                         for group, units in method.step().items():
                             replaced.setdefault(group, []).extend(units)
                 with torch.no_grad():
-                    sums["policy_loss"] += float(policy_loss)
-                    sums["value_loss"] += float(value_loss)
-                    sums["approx_kl"] += float(((ratio - 1.0) - log_ratio).mean())
-                    sums["clip_fraction"] += float(((ratio - 1.0).abs() > cfg.clip).float().mean())
-                count += 1
+                    stat_rows.append(torch.stack((policy_loss.detach(), value_loss.detach(),
+                                                  ((ratio - 1.0) - log_ratio).mean(),
+                                                  ((ratio - 1.0).abs() > cfg.clip).float().mean())))
 
         with torch.no_grad():
             change = sum(float((w - b).abs().sum()) for w, b in zip(_weights(self.policy), before))
@@ -404,7 +410,9 @@ class PPOAgent:
         self._max_weight_change = change if math.isnan(self._max_weight_change) else max(
             self._max_weight_change, change)
         self._probe_obs = obs.detach().clone()
-        stats = {k: v / count for k, v in sums.items()}
+        columns = zip(*torch.stack(stat_rows).tolist())  # summed in float64, in mini-batch order
+        stats = {k: sum(column) / len(stat_rows)
+                 for k, column in zip(("policy_loss", "value_loss", "approx_kl", "clip_fraction"), columns)}
         stats.update(update=self.updates, steps=self.steps, weight_change=change, replacements=n_replaced,
                      replaced_units=replaced,
                      std=float(torch.exp(self.log_std.detach()).mean()))
@@ -513,7 +521,15 @@ def make_ppo_agent(name: str, observation_space: gym.Space, action_space: gym.Sp
 def make_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``gym.make(env_id, **env_kwargs)`` stepped in this process, in the
     ``SAME_STEP`` autoreset mode :class:`EpisodicAgent` expects (a finished copy returns its next
-    episode's first observation at once, the final one in ``info["final_obs"]``)."""
+    episode's first observation at once, the final one in ``info["final_obs"]``): the env's own
+    vector env (``gym.make_vec``'s ``vector_entry_point``) where it has one in that mode, else a
+    ``SyncVectorEnv``."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+        if venv.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.SAME_STEP:
+            return venv
+        venv.close()
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **env_kwargs)] * num_envs,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 

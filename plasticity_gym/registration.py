@@ -28,7 +28,10 @@ _ENTRIES: dict[str, _Entry] = {
     "ClassIncCIFAR100-v0": _Entry("plasticity_gym.envs.class_inc_cifar100:ClassIncCIFAR100Env"),
     # 1,000-step episodes, as Ant-v5 (the TimeLimit wrapper of gym.make).
     "AntFriction-v0": _Entry(
-        "plasticity_gym.envs.ant_friction:AntFrictionEnv", max_episode_steps=1000, episodic=True
+        "plasticity_gym.envs.ant_friction:AntFrictionEnv",
+        "plasticity_gym.envs.ant_friction:AntFrictionVectorEnv",
+        max_episode_steps=1000,
+        episodic=True,
     ),
 }
 

@@ -16,6 +16,8 @@ from gymnasium import utils
 from gymnasium.utils import seeding
 from gymnasium.envs.mujoco import MujocoEnv
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
 from plasticity_gym.envs.stream import DEFAULT_SCALE, resolve_scale_config
 
@@ -123,9 +125,9 @@ class AntFrictionEnv(AntEnv):
     scale         change_every  run_steps    purpose
     ============  ============  ===========  ================================================
     ``smoke``     2,000         6,144        tests: a change every 2 full episodes
-    ``cpu``       50,000        150,000      3 frictions in a run; PPO on this 2-core machine
-                                             runs ~650–1,000 env steps/s, so ``ppo`` and
-                                             ``ppo-cbp`` × 3 seeds take about 25 min (default)
+    ``cpu``       50,000        150,000      3 frictions in a run; PPO on one core of a 2-core
+                                             machine runs ~850–1,200 env steps/s, so ``ppo``
+                                             and ``ppo-cbp`` × 3 seeds take about 15 min (default)
     ``paper``     2,000,000     20,000,000   the paper's schedule; 10 frictions
     ============  ============  ===========  ================================================
 
@@ -317,3 +319,201 @@ class AntFrictionEnv(AntEnv):
         self._last_change_step = lifetime["last_change_step"]
         if self._lifetime_key is not None:
             self._set_friction(lifetime["friction_index"])
+
+
+# The keys of Ant-v5's step info and ours, in order, and their SyncVectorEnv masks.
+_STEP_INFO_KEYS = ("x_position", "y_position", "distance_from_origin", "x_velocity", "y_velocity",
+                   "reward_forward", "reward_ctrl", "reward_contact", "reward_survive", "friction",
+                   "friction_index", "lifetime_step")
+_STEP_INFO_MASKS = tuple(f"_{key}" for key in _STEP_INFO_KEYS)
+
+
+class AntFrictionVectorEnv(VectorEnv):
+    """``num_envs`` copies of AntFriction-v0 stepped in one call: ``gym.make_vec("AntFriction-v0",
+    num_envs=N)`` (``vectorization_mode="vector_entry_point"``, the default for this id).
+
+    Step for step equal to ``SyncVectorEnv`` over N ``gym.make("AntFriction-v0")`` envs in
+    ``SAME_STEP`` autoreset mode: the same observations, rewards, terminations, truncations and
+    infos (every key with its ``_key`` mask, ``final_obs`` and ``final_info`` for the copies whose
+    episode ended; a finished copy returns its next episode's first observation at once). Each
+    copy is an :class:`AntFrictionEnv` (its own MuJoCo model, so its own friction, its own
+    schedule and random stream); ``reset`` goes through it unchanged. A step runs each copy's
+    physics with MuJoCo's own stepping in C (``mj_step`` over the frame skip, then
+    ``mj_rnePostConstraint`` for the contact forces, the calls Ant-v5 makes), then computes the
+    observations, rewards, terminations and time limits of all copies at once with numpy.
+
+    Seeds: ``reset(seed=s)`` seeds copy ``i`` with ``s + i``; ``reset(seed=[s_0, ..., s_{N-1}])``
+    with ``s_i``; ``reset()`` continues every copy's lifetime. Arguments: ``num_envs`` (int >= 1),
+    ``max_episode_steps`` (the time limit, 1,000 as registered), and the kwargs of
+    :class:`AntFrictionEnv` (``scale``, the friction settings, Ant-v5's kwargs), shared by all
+    copies. Rendering is not supported (``render_mode`` must be None).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int, scale: str = DEFAULT_SCALE, render_mode: str | None = None,
+                 max_episode_steps: int = EPISODE_STEPS, **kwargs: Any):
+        if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1 (copies of AntFriction-v0), got {num_envs!r}")
+        if render_mode is not None:
+            raise ValueError(f"AntFrictionVectorEnv does not render (render_mode={render_mode!r}); render a "
+                             "single gym.make('AntFriction-v0', render_mode=...) env instead")
+        if (isinstance(max_episode_steps, (bool, np.bool_)) or not isinstance(max_episode_steps, (int, np.integer))
+                or max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps must be an int >= 1, got {max_episode_steps!r}")
+        self.num_envs = int(num_envs)
+        self.max_episode_steps = int(max_episode_steps)
+        self.envs = [AntFrictionEnv(scale=scale, **kwargs) for _ in range(self.num_envs)]
+        first = self.envs[0]
+        self.scale, self.config, self.render_mode = scale, first.config, None
+        self.autoreset_mode = AutoresetMode.SAME_STEP
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(first.observation_space, self.num_envs)
+        self.action_space = batch_space(first.action_space, self.num_envs)
+        self._main_body = int(first.data.body(first._main_body).id)
+        self._bind()
+        self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
+        self._needs_reset = True
+
+    # ------------------------------------------------------------------ Gymnasium API
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every copy (``seed`` as :class:`gymnasium.vector.SyncVectorEnv`'s)."""
+        n = self.num_envs
+        if seed is None:
+            seeds: list[int | None] = [None] * n
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            seeds = [int(seed) + i for i in range(n)]
+        elif isinstance(seed, (Sequence, np.ndarray)) and not isinstance(seed, (str, bytes)):
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"seed: a list of seeds needs one per copy (num_envs={n}), got {len(seeds)}")
+        else:
+            raise ValueError(f"seed must be None, an int or a list of {n} ints, got {seed!r}")
+        observations, infos = [], {}
+        for i, (env, s) in enumerate(zip(self.envs, seeds)):
+            obs, info = env.reset(seed=s, options=options)
+            observations.append(obs)
+            infos = self._add_info(infos, info, i)
+        self._elapsed[:] = 0
+        self._needs_reset = False
+        return np.stack(observations), infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._needs_reset:
+            raise RuntimeError("AntFrictionVectorEnv: call reset() before step()")
+        actions = np.asarray(actions)
+        n, envs = self.num_envs, self.envs
+        if actions.shape != self.action_space.shape:
+            raise ValueError(f"actions must have shape {self.action_space.shape} (num_envs, action dim), "
+                             f"got {actions.shape}")
+        if not np.isfinite(actions).all():
+            bad = sorted({int(i) for i in np.argwhere(~np.isfinite(actions))[:, 0]})
+            raise ValueError(f"actions of copies {bad} are not finite (NaN or inf); MuJoCo cannot step them")
+        first = envs[0]
+        qpos = np.empty((n, first.model.nq))
+        qvel = np.empty((n, first.model.nv))
+        cfrc = np.empty((n, *first.data.cfrc_ext.shape))
+        xy_before = np.empty((n, 2))
+        xy_after = np.empty((n, 2))
+        lifetime = np.empty(n, dtype=np.int64)
+        frames, step, rne = first.frame_skip, mujoco.mj_step, mujoco.mj_rnePostConstraint
+        for i, (env, (model, data, ctrl, xy, q, v, f)) in enumerate(zip(envs, self._views)):
+            xy_before[i] = xy
+            ctrl[:] = actions[i]
+            step(model, data, nstep=frames)
+            rne(model, data)  # the contact forces (cfrc_ext) of the observation, as Ant-v5
+            xy_after[i], qpos[i], qvel[i], cfrc[i] = xy, q, v, f
+            env._lifetime_step += 1
+            lifetime[i] = env._lifetime_step
+
+        # Ant-v5's step (gymnasium/envs/mujoco/ant_v5.py) for all copies, operation for operation.
+        xy_velocity = (xy_after - xy_before) / first.dt
+        low, high = first._contact_force_range
+        contact_forces = cfrc.clip(low, high)
+        min_z, max_z = first._healthy_z_range
+        z = qpos[:, 2]
+        healthy = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1) & (min_z <= z) & (z <= max_z)
+        forward_reward = xy_velocity[:, 0] * first._forward_reward_weight
+        healthy_reward = healthy * first._healthy_reward
+        ctrl_cost = first._ctrl_cost_weight * np.square(actions).sum(axis=1)
+        contact_cost = first._contact_cost_weight * np.square(contact_forces).reshape(n, -1).sum(axis=1)
+        reward = (forward_reward + healthy_reward) - (ctrl_cost + contact_cost)
+        terminated = ~healthy if first._terminate_when_unhealthy else np.zeros(n, dtype=np.bool_)
+        self._elapsed += 1
+        truncated = self._elapsed >= self.max_episode_steps
+        observation = self._observation(qpos, qvel, contact_forces)
+
+        values = (qpos[:, 0].copy(), qpos[:, 1].copy(),
+                  np.array([np.linalg.norm(q[0:2], ord=2) for q in qpos]),
+                  xy_velocity[:, 0].copy(), xy_velocity[:, 1].copy(),
+                  forward_reward, -ctrl_cost, -contact_cost, healthy_reward, self._frictions(),
+                  np.array([env._friction_index for env in envs], dtype=np.int64), lifetime)
+        masks = np.ones((len(_STEP_INFO_KEYS), n), dtype=np.bool_)
+        infos: dict[str, Any] = {}
+        for key, mask_key, value, mask in zip(_STEP_INFO_KEYS, _STEP_INFO_MASKS, values, masks):
+            infos[key], infos[mask_key] = value, mask
+        done = np.flatnonzero(terminated | truncated)
+        if len(done):
+            observation, infos = self._autoreset(done, observation, infos)
+        return observation, reward.astype(np.float64, copy=False), terminated, truncated, infos
+
+    def _autoreset(self, done: np.ndarray, observation: np.ndarray,
+                   infos: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        """SyncVectorEnv's SAME_STEP autoreset of the copies in ``done``: their final observation
+        and info go to ``final_obs`` and ``final_info``; their next episode's first observation
+        and reset info take their place."""
+        n = self.num_envs
+        final_obs = np.full(n, None, dtype=object)
+        final_info: dict[str, Any] = {}
+        for key, mask_key in zip(_STEP_INFO_KEYS, _STEP_INFO_MASKS):
+            final_info[key] = np.zeros_like(infos[key])
+            final_info[mask_key] = np.zeros(n, dtype=np.bool_)
+        for i in done:
+            final_obs[i] = observation[i].copy()
+            for key, mask_key in zip(_STEP_INFO_KEYS, _STEP_INFO_MASKS):
+                final_info[key][i], final_info[mask_key][i] = infos[key][i], True
+                infos[key][i], infos[mask_key][i] = 0, False
+            observation[i], reset_info = self.envs[i].reset()
+            self._elapsed[i] = 0
+            for key, value in reset_info.items():
+                infos[key][i], infos[f"_{key}"][i] = value, True
+        for key, mask_key in zip(_STEP_INFO_KEYS, _STEP_INFO_MASKS):
+            if not infos[mask_key].any():  # a key no copy reports is absent, as in SyncVectorEnv
+                del infos[key], infos[mask_key]
+        done_mask = np.zeros(n, dtype=np.bool_)
+        done_mask[done] = True
+        return observation, {"final_obs": final_obs, "_final_obs": done_mask, "final_info": final_info,
+                             "_final_info": done_mask.copy(), **infos}
+
+    def _frictions(self) -> np.ndarray:
+        return np.array([env._friction for env in self.envs], dtype=np.float64)
+
+    def _bind(self) -> None:
+        """Each copy's model, data and views of the data's arrays the step reads and writes (the
+        views stay valid: MuJoCo's arrays live as long as their MjData)."""
+        body = self._main_body
+        self._views = [(e.model, e.data, e.data.ctrl, e.data.xpos[body, :2], e.data.qpos, e.data.qvel,
+                        e.data.cfrc_ext) for e in self.envs]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_views"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind()
+
+    def _observation(self, qpos: np.ndarray, qvel: np.ndarray, contact_forces: np.ndarray) -> np.ndarray:
+        first = self.envs[0]
+        parts = [qpos[:, 2:] if first._exclude_current_positions_from_observation else qpos, qvel]
+        if first._include_cfrc_ext_in_observation:
+            parts.append(contact_forces[:, 1:].reshape(len(qpos), -1))
+        return np.concatenate(parts, axis=1)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()

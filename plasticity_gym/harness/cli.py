@@ -287,7 +287,7 @@ def _run_locked(args: argparse.Namespace, out: Path, ckpt: Path | None) -> int:
             device=args.device, steps=args.steps, diagnose_every=args.diagnose_every,
             probe_size=args.probe_size, bin_examples=args.bin_examples, checkpoint=ckpt,
             checkpoint_every=args.checkpoint_every or 1, resume=args.resume, progress=args.progress,
-            command=args.command_line, out=out, threads=args.threads,
+            command=args.command_line, out=out, threads=args.threads, workers=args.workers,
         )
         return _report_written(out, result)
     if args.steps is not None or args.diagnose_every is not None:

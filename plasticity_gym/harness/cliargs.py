@@ -99,7 +99,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes that run a lockstep run's seeds on the CPU, each a part of them with one "
                         "thread (default: one per core, at most one per 8 seeds, unless --threads is given; "
-                        "then 1)")
+                        "then 1; an episodic run: 1, or N one-thread processes of its seeds)")
     add_episodic_args(p)
 
 

@@ -4,7 +4,8 @@
 An episodic run drives one :class:`~plasticity_gym_agents.protocol.EpisodicAgent` per seed (PPO, or a user's
 ``module:factory``) on its own copies of a Gymnasium env (``AntFriction-v0``, ``Hopper-v5``, any
 registered env with a continuous action space). Every copy of every seed steps in ONE vector env
-of this process (``SAME_STEP`` autoreset), one lane per seed, through
+of this process (``SAME_STEP`` autoreset; the env's native vector env where it has one, as
+AntFriction-v0 does), one lane per seed, through
 :func:`plasticity_gym.harness.loop.run_segments`: checkpoints, ``--resume`` and the progress line
 work as for the supervised streams. The loop's "examples" are env steps here (per seed, all of
 its copies together).
@@ -29,16 +30,18 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 from plasticity_gym.harness._io import sha256_of
-from plasticity_gym.harness.checkpoint import Checkpoint, agent_blob, restore_agent
-from plasticity_gym.harness.loop import Segment, run_segments
+from plasticity_gym.harness.checkpoint import Checkpoint, agent_blob, part_checkpoint, part_checkpoints, restore_agent
+from plasticity_gym.harness.loop import RunOutput, Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
 from plasticity_gym.harness.records import agent_record, build_result, flatten_numbers
 from plasticity_gym.harness.resolve import (
@@ -51,6 +54,7 @@ from plasticity_gym.harness.resolve import (
 )
 from plasticity_gym.harness.result import Result
 from plasticity_gym.harness.threads import configure_cpu
+from plasticity_gym.harness.workers import WorkerPart, run_parts, split_seeds, threads_per_worker
 
 EPISODIC_METRIC = "episodic_return"
 # Env steps per seed of an env that does not name its own (``run_steps`` per scale, as
@@ -148,6 +152,20 @@ class EpisodicRun:
 
     def make_env(self) -> gym.Env:
         return gym.make(self.env_id, disable_env_checker=True, **self.make_kwargs)
+
+    def make_vector_env(self, num_envs: int) -> gym.vector.VectorEnv:
+        """``num_envs`` copies in ``SAME_STEP`` autoreset mode: the env's own vector env where it
+        registers one in that mode (AntFriction-v0's steps every copy in one call), else a
+        ``SyncVectorEnv`` of ``gym.make`` copies."""
+        spec = gym.spec(self.env_id) if self.env_id in gym.registry else None
+        if spec is not None and spec.vector_entry_point is not None:
+            venv = gym.make_vec(self.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
+                                **self.make_kwargs)
+            if venv.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.SAME_STEP:
+                return venv
+            venv.close()
+        return gym.vector.SyncVectorEnv([self.env_fn()] * num_envs,
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
     def env_fn(self) -> Any:
         """A picklable constructor of one copy (checkpoints pickle the vector env)."""
@@ -321,6 +339,7 @@ class EpisodicLanes:
         self.logs = list(logs) if logs is not None else [LaneLog(obs_dim, run.probe_size) for _ in self.seeds]
         self._running = np.zeros(len(self.seeds) * self.k) if running is None else running
         self._obs, self._info = obs, info
+        self._lane_infos: list[Any] | None = None  # the lanes' parts of self._info, once sliced
         self._actions = np.zeros((len(self.seeds) * self.k, *run.action_space.shape), dtype=np.float32)
         self._one = len(self.seeds) * self.k == 1
         self._rewards = np.zeros(len(self.seeds))
@@ -338,8 +357,7 @@ class EpisodicLanes:
         k = int(agents[0].num_envs)
         if any(int(a.num_envs) != k for a in agents):
             raise ValueError(f"agent {spec.ident!r}: every seed's agent must drive the same number of env copies")
-        venv = gym.vector.SyncVectorEnv([run.env_fn()] * (len(seeds) * k),
-                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        venv = run.make_vector_env(len(seeds) * k)
         obs, info = venv.reset(seed=[int(s) * k + j for s in seeds for j in range(k)])
         return cls(spec, run, venv, obs, info, agents, seeds)
 
@@ -362,14 +380,17 @@ class EpisodicLanes:
 
     def step(self) -> tuple[np.ndarray, Mapping[str, Any], int, bool]:
         obs, info, actions = self._obs, self._info, self._actions
-        for agent, sl, log in zip(self.agents, self._slices, self.logs):
+        # Each lane's part of the info that came with obs: sliced once (observe saw it last step).
+        lane_infos = self._lane_infos or [info if self._one else _slice_info(info, sl) for sl in self._slices]
+        for agent, sl, log, lane_info in zip(self.agents, self._slices, self.logs, lane_infos):
             o = obs[sl]
-            actions[sl] = agent.act(o, info if self._one else _slice_info(info, sl))
+            actions[sl] = agent.act(o, lane_info)
             log.remember(o)
         next_obs, reward, terminated, truncated, next_info = self.venv.step(actions)
-        for agent, sl in zip(self.agents, self._slices):
-            agent.observe(next_obs[sl], reward[sl], terminated[sl], truncated[sl],
-                          next_info if self._one else _slice_info(next_info, sl))
+        lane_infos = [next_info if self._one else _slice_info(next_info, sl) for sl in self._slices]
+        for agent, sl, lane_info in zip(self.agents, self._slices, lane_infos):
+            agent.observe(next_obs[sl], reward[sl], terminated[sl], truncated[sl], lane_info)
+        self._lane_infos = lane_infos
         self._running += reward
         k = self.k
         for i, log in enumerate(self.logs):
@@ -447,6 +468,7 @@ def evaluate_episodic(
     command: str | None = None,
     out: str | os.PathLike | None = None,
     threads: int | None = None,
+    workers: int | None = None,
 ) -> Result:
     """Run an episodic agent (a PPO variant, or ``module:factory``) on ``env_id`` for each seed.
 
@@ -455,11 +477,20 @@ def evaluate_episodic(
     in :data:`DEFAULT_DIAGNOSES` parts). ``probe_size``: the last observations a diagnosis is
     measured on. ``bin_examples``: the bin width (env steps) of ``series.binned`` (default
     40,000, narrowed on short runs). ``checkpoint_every``: env steps per seed between checkpoints.
+    ``workers``: processes that run the seeds at once (a reference agent on the CPU), each a
+    contiguous part of them with its own checkpoint (:mod:`plasticity_gym.harness.workers`); a
+    seed's run does not depend on the seeds beside it, so the result is the one-process run's.
+    Default 1: on a 2-core machine shared with other work, 4 seeds as two processes ran 0.6-1.05x
+    the one-process rate (docs/performance.md); on idle cores give one per core. A resumed run
+    must use the same ``workers``.
     The rest as :func:`plasticity_gym.harness.evaluate.evaluate`.
     """
     seeds = seed_list(seeds)
     if probe_size < 1:
         raise ValueError("probe_size must be >= 1")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
+                                or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 (or None for the default), got {workers!r}")
     configure_cpu(threads)
     dev = resolve_device(device)
     spec = resolve_agent(agent_factory, env_id=env_id, scale=scale, overrides=overrides, kind="episodic")
@@ -469,6 +500,12 @@ def evaluate_episodic(
         command = (f"plasticity_gym.harness.episodic.evaluate_episodic({env_id!r}, {spec.ident!r}, "
                    f"scale={scale!r}, seeds={seeds}, env_kwargs={dict(run.env_kwargs)!r}, "
                    f"overrides={dict(spec.overrides)!r}, steps={run.n_examples_total})")
+    by_name = isinstance(spec.ident, str) and spec.source == "reference"
+    if workers is None:
+        workers = 1
+    elif workers > 1 and (dev != "cpu" or workers > len(seeds) or not by_name):
+        raise ValueError(f"workers={workers} splits the seeds of a reference agent's run on the CPU, at least "
+                         f"one seed each; this run has {len(seeds)} seed(s) of {spec.ident!r} on {dev}: use workers=1")
     segments = [Segment(
         f"{env_id} {spec.ident} {len(seeds)} seed{'s' if len(seeds) > 1 else ''} (env steps)  ",
         functools.partial(EpisodicLanes.open, spec, run, seeds, dev),
@@ -480,23 +517,79 @@ def evaluate_episodic(
             "env_id": env_id, "scale": scale, "env_kwargs": run.env_kwargs, "agent": spec.ident,
             "overrides": dict(spec.overrides), "seeds": seeds, "steps": run.n_examples_total,
             "diagnose_every": run.diagnose_every, "probe_size": probe_size, "bin_examples": bin_examples,
-            "device": dev, "execution": "vector",
+            "device": dev, "execution": "vector", **({"workers": workers} if workers > 1 else {}),
         })
     t_start = time.perf_counter()
-    output = run_segments(
-        env_id, segments, probe_every=0, probe_size=probe_size, bin_examples=bin_examples,
-        checkpoint=ckpt, checkpoint_every=max(1, int(checkpoint_every)), resume=resume,
-        show_progress=progress_wanted() if progress is None else progress,
-    )
+    show_progress = progress_wanted() if progress is None else progress
+    if workers > 1:
+        output = _run_split(spec, run, seeds, dev, workers, ckpt, bin_examples=bin_examples,
+                            checkpoint_every=max(1, int(checkpoint_every)), resume=resume,
+                            show_progress=show_progress, threads=threads_per_worker(workers, threads))
+    else:
+        output = run_segments(
+            env_id, segments, probe_every=0, probe_size=probe_size, bin_examples=bin_examples,
+            checkpoint=ckpt, checkpoint_every=max(1, int(checkpoint_every)), resume=resume,
+            show_progress=show_progress,
+        )
     rec = output.records
     result = build_result(
         env_rec=rec.env, agent_rec=rec.agents[None], metric=rec.metric, bin_examples=rec.bin_examples,
         probe_every=0, probe_size=probe_size, device=dev, seeds=seeds, runs=output.runs[None],
         command=command, fallback_wall_s=time.perf_counter() - t_start, execution="vector",
-        extra_protocol={"diagnose_every_steps": run.diagnose_every},
+        extra_protocol={"diagnose_every_steps": run.diagnose_every, **({"processes": workers} if workers > 1 else {})},
+        wall_time_s=time.perf_counter() - t_start if workers > 1 else None,
     )
     if out is not None:
         result.save(out)
     if ckpt is not None:
         ckpt.remove()
+        for part in part_checkpoints(ckpt.path):
+            part.unlink()
     return result
+
+
+def open_part_segment(part: WorkerPart) -> Segment:
+    """In a worker process: the segment of an episodic run's part (its seeds' lanes)."""
+    spec = resolve_agent(part.agent, env_id=part.env_id, scale=part.scale, overrides=part.overrides,
+                         kind="episodic")
+    run = EpisodicRun(part.env_id, part.scale, part.env_kwargs, probe_size=part.probe_size, **part.options)
+    return Segment(f"part {part.index}", functools.partial(EpisodicLanes.open, spec, run, list(part.seeds),
+                                                           part.device),
+                   functools.partial(EpisodicLanes.restore, spec, device=part.device))
+
+
+def _run_split(spec: AgentSpec, run: EpisodicRun, seeds: list[int], device: str, workers: int,
+               ckpt: Checkpoint | None, *, bin_examples: int | None, checkpoint_every: int, resume: bool,
+               show_progress: bool, threads: int) -> RunOutput:
+    """The run's seeds in ``workers`` parts at once, one process each, merged in seed order.
+    ``ckpt`` becomes the run's manifest: its fingerprint ties the part checkpoints beside it to
+    this run and this many workers."""
+    chunks = split_seeds(seeds, workers)
+    paths: list[Path | None] = [None] * workers
+    if ckpt is not None:
+        paths = [part_checkpoint(ckpt.path, i, workers) for i in range(workers)]
+        existing = [p for p in [ckpt.path, *part_checkpoints(ckpt.path)] if p.exists()]
+        if existing and not resume:
+            raise ValueError(f"checkpoint {existing[0]} exists (an interrupted run): pass resume=True "
+                             "(--resume) to continue it, or delete it (--fresh) to start over")
+        if ckpt.exists():
+            ckpt.load()  # raises when it belongs to another run, or to a run with other workers
+        else:
+            ckpt.save({"parts": [str(p) for p in paths]})
+    fingerprint = {} if ckpt is None else dict(ckpt.fingerprint)
+    options = {"steps": run.n_examples_total, "diagnose_every": run.diagnose_every}
+    parts = [WorkerPart(i, run.env_id, spec.ident, run.scale, dict(run.env_kwargs), dict(spec.overrides),
+                        tuple(chunk), device, 0, run.probe_size, bin_examples, paths[i],
+                        {**fingerprint, "part": i, "seeds": chunk}, checkpoint_every if ckpt is not None else 0,
+                        resume, threads, open_part_segment, options)
+             for i, chunk in enumerate(chunks)]
+    outputs = run_parts(parts, total=run.n_examples_total * len(seeds), show_progress=show_progress,
+                        label=f"{run.env_id} {spec.ident} {len(seeds)} seeds, {workers} processes (env steps)  ")
+    merged = RunOutput(outputs[0].records)
+    for i, output in enumerate(outputs):
+        if output.records.env != merged.records.env or output.records.agents != merged.records.agents:
+            raise RuntimeError(f"worker {i} ran another env or agent than worker 0 (env or agent records "
+                               "differ); this is a bug: please report it")
+        for key, runs in output.runs.items():
+            merged.runs.setdefault(key, []).extend(runs)
+    return merged

@@ -24,7 +24,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from plasticity_gym.harness.checkpoint import Checkpoint
 from plasticity_gym.harness.loop import RunOutput
@@ -109,10 +109,15 @@ class WorkerPart:
     checkpoint_every: int = 0
     resume: bool = False
     threads: int = 1
+    # What opens the part's segment, given the part (a module-level function, pickled by name);
+    # None: a stream's lockstep lanes. An episodic run's part passes its own, with ``options``.
+    open_segment: Callable[["WorkerPart"], Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _run_part(part: WorkerPart) -> RunOutput:
-    """In the worker: one lockstep segment over the part's seeds, through the one run loop;
+    """In the worker: one lockstep segment over the part's seeds (or the segment that
+    ``part.open_segment`` opens), through the one run loop;
     progress goes to stdout as lines of examples done (over the part's seeds)."""
     import functools
 
@@ -122,10 +127,13 @@ def _run_part(part: WorkerPart) -> RunOutput:
     from plasticity_gym.harness.threads import configure_cpu
 
     configure_cpu(part.threads)
-    spec = resolve_agent(part.agent, env_id=part.env_id, scale=part.scale, overrides=part.overrides)
-    segment = Segment(f"part {part.index}", functools.partial(
-        LockstepLanes.open, spec, part.env_id, part.scale, dict(part.env_kwargs), list(part.seeds), part.device),
-        functools.partial(LockstepLanes.restore, spec, device=part.device))
+    if part.open_segment is not None:
+        segment = part.open_segment(part)
+    else:
+        spec = resolve_agent(part.agent, env_id=part.env_id, scale=part.scale, overrides=part.overrides)
+        segment = Segment(f"part {part.index}", functools.partial(
+            LockstepLanes.open, spec, part.env_id, part.scale, dict(part.env_kwargs), list(part.seeds),
+            part.device), functools.partial(LockstepLanes.restore, spec, device=part.device))
     ckpt = None if part.checkpoint is None else Checkpoint(part.checkpoint, part.fingerprint)
 
     def report(examples: int) -> None:

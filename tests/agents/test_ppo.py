@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+import gymnasium as gym
 import torch
 from gymnasium import spaces
 
@@ -137,7 +138,7 @@ def test_agent_drives_several_env_copies_and_learns_once_per_rollout():
     agent = _small(num_envs=4, rollout_steps=16)
     assert isinstance(agent, EpisodicAgent)
     action = agent.act(np.zeros((4, 3), np.float32))
-    assert action.shape == (4, 2) and np.all(np.abs(action) <= 1.0)
+    assert action.shape == (4, 2)
     with pytest.raises(RuntimeError, match="twice"):
         agent.act(np.zeros((4, 3), np.float32))
     agent.observe(np.zeros((4, 3)), np.zeros(4), np.zeros(4, bool), np.zeros(4, bool), {})
@@ -145,6 +146,54 @@ def test_agent_drives_several_env_copies_and_learns_once_per_rollout():
     assert [s["update"] for s in stats] == [1, 2, 3] and agent.steps == 48  # 4 vector steps a rollout
     with pytest.raises(ValueError, match=r"shape \(4, 3\)"):
         agent.act(np.zeros((2, 3), np.float32))
+
+
+class _ActionRecorder(gym.Env):
+    """A 1-step env whose action space is [-1, 1]²; it keeps every action it is given."""
+
+    observation_space = OBS
+    action_space = ACT
+    seen: list[np.ndarray] = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        type(self).seen.append(np.array(action))
+        return np.zeros(3, np.float32), 0.0, True, False, {}
+
+
+@pytest.mark.parametrize("clip_actions", [None, True])
+def test_the_env_receives_the_raw_sample_unless_clipping_is_asked(clip_actions):
+    # The authors' code sends the raw Gaussian sample (Ant's control cost is computed on it);
+    # clip_actions=True is the option. log-std 1: most samples fall outside [-1, 1].
+    gym.register("test/ActionRecorder-v0", entry_point=_ActionRecorder)
+    try:
+        _ActionRecorder.seen = []
+        overrides = {"hidden": [4], "rollout_steps": 8, "epochs": 1, "minibatches": 1, "log_std_init": 1.0}
+        if clip_actions is not None:
+            overrides["clip_actions"] = clip_actions
+        config = ppo_config("ppo", overrides)
+        assert config.clip_actions is bool(clip_actions)
+        train("test/ActionRecorder-v0", config, 64, seed=0)
+    finally:
+        del gym.registry["test/ActionRecorder-v0"]
+    seen = np.stack(_ActionRecorder.seen)
+    assert seen.shape == (64, 2)
+    if clip_actions:
+        assert np.all(np.abs(seen) <= 1.0) and np.any(np.abs(seen) == 1.0)
+    else:
+        assert np.mean(np.abs(seen) > 1.0) > 0.3
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("name", ["ppo", "ppo-tuned", "ppo-l2", "ppo-cbp", "ppo-redo"])
+def test_every_scales_agent_sends_the_raw_sample(name, scale):
+    from plasticity_gym.harness.resolve import resolve_agent
+
+    spec = resolve_agent(name, env_id="AntFriction-v0", scale=scale, kind="episodic")
+    assert spec.build(OBS, ACT, 0, "cpu").config.clip_actions is False
 
 
 def test_truncation_needs_the_final_observation():

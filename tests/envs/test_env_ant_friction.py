@@ -13,11 +13,11 @@ import textwrap
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
+from gymnasium.utils.env_checker import check_env, data_equivalence
 from gymnasium.utils.env_match import check_environments_match
 
 import plasticity_gym  # noqa: F401  (registers the ids)
-from plasticity_gym.envs.ant_friction import AntFrictionEnv
+from plasticity_gym.envs.ant_friction import AntFrictionEnv, AntFrictionVectorEnv
 
 ENV_ID = "AntFriction-v0"
 
@@ -57,8 +57,8 @@ RENDER_SCRIPT = textwrap.dedent(
     """
     import warnings
     import numpy as np
-    from gymnasium.utils.env_checker import check_env
-    from plasticity_gym.envs.ant_friction import AntFrictionEnv
+    from gymnasium.utils.env_checker import check_env, data_equivalence
+    from plasticity_gym.envs.ant_friction import AntFrictionEnv, AntFrictionVectorEnv
     warnings.filterwarnings("ignore", message=".*alternative render modes.*")
     env = AntFrictionEnv(scale="smoke", render_mode="rgb_array", width=64, height=48)
     check_env(env)  # the render check included (rgb_array only: the env has no spec)
@@ -328,3 +328,91 @@ def run_lifetime_continued(env: gym.Env, n_steps: int) -> tuple[list, np.ndarray
             observations.append(obs)
             trace.append((info["friction"], info["friction_index"]))
     return trace, np.stack(observations)
+
+
+# ---------------------------------------------------------------------------- the native vector env
+
+
+def _sync(env_id: str, n: int, **kwargs) -> gym.vector.SyncVectorEnv:
+    return gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs)] * n,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def _assert_same(a, b, where: str) -> None:
+    assert data_equivalence(a, b, exact=True), f"{where}: the native vector env differs"
+
+
+def test_native_vector_env_is_the_default_of_make_vec():
+    vec = gym.make_vec(ENV_ID, num_envs=2, scale="smoke")
+    assert isinstance(vec, AntFrictionVectorEnv)
+    assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    assert vec.max_episode_steps == 1000 and vec.config["change_every"] == 2_000
+    assert vec.observation_space.shape == (2, 105) and vec.action_space.shape == (2, 8)
+
+
+def test_native_vector_env_equals_sync_vector_env_step_for_step():
+    # Three copies, short episodes, falls (large actions) and friction changes: every output
+    # (observations, rewards, flags, infos with their masks, final_obs, final_info) bit for bit.
+    kwargs = {"scale": "smoke", "change_every": 150, "max_episode_steps": 100}
+    sync = _sync(ENV_ID, 3, **kwargs)
+    native = gym.make_vec(ENV_ID, num_envs=3, **kwargs)
+    _assert_same(sync.reset(seed=[5, 0, 12]), native.reset(seed=[5, 0, 12]), "reset")
+    rng = np.random.default_rng(0)
+    ends = terminations = 0
+    for t in range(700):
+        action = (rng.normal(size=(3, 8)) * 1.5).astype(np.float32)
+        expected, got = sync.step(action), native.step(action)
+        _assert_same(expected, got, f"step {t}")
+        ends += int((expected[2] | expected[3]).sum())
+        terminations += int(expected[2].sum())
+        if t == 350:  # a pickled copy continues identically (checkpoints pickle the vector env)
+            native = pickle.loads(pickle.dumps(native))
+    assert ends >= 12 and terminations >= 1
+    assert min(got[4]["friction_index"]) >= 2  # the friction changed twice in every copy
+    _assert_same(sync.reset(seed=7), native.reset(seed=7), "reset with an int seed")
+    _assert_same(sync.reset(), native.reset(), "reset without a seed continues the lifetimes")
+
+
+def test_native_vector_env_equals_ant_v5_at_ants_default_friction():
+    ant = _sync("Ant-v5", 2, max_episode_steps=60)
+    native = gym.make_vec(ENV_ID, num_envs=2, friction=1.0, max_episode_steps=60)
+    (obs_a, info_a), (obs_b, info_b) = ant.reset(seed=3), native.reset(seed=3)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    rng = np.random.default_rng(1)
+    for t in range(150):
+        action = rng.uniform(-1, 1, size=(2, 8)).astype(np.float32)
+        a, b = ant.step(action), native.step(action)
+        _assert_same(a[:4], b[:4], f"step {t}")
+        common = {k: a[4][k] for k in a[4] if k not in ("final_info",)}
+        _assert_same(common, {k: b[4][k] for k in common}, f"step {t} info")
+    assert set(b[4]) - set(a[4]) == {"friction", "_friction", "friction_index", "_friction_index",
+                                     "lifetime_step", "_lifetime_step"}
+
+
+@pytest.mark.parametrize(
+    "make_kwargs, call, message",
+    [
+        ({"num_envs": 0}, None, r"num_envs must be an int >= 1"),
+        ({"num_envs": 2.0}, None, r"num_envs must be an int >= 1"),
+        ({"num_envs": 2, "friction_schedule": [0.5, -1.0]}, None, r"friction_schedule\[1\] must be"),
+        ({"num_envs": 2, "max_episode_steps": 0}, None, "max_episode_steps must be an int >= 1"),
+        ({"num_envs": 2, "render_mode": "rgb_array"}, None, "does not render"),
+        ({"num_envs": 2}, ("reset", {"seed": [1, 2, 3]}), r"one per copy \(num_envs=2\), got 3"),
+        ({"num_envs": 2}, ("reset", {"seed": "0"}), "seed must be None, an int or a list of 2 ints"),
+        ({"num_envs": 2}, ("step", np.zeros((2, 8), np.float32)), r"call reset\(\) before step"),
+        ({"num_envs": 2}, ("reset_step", np.zeros((3, 8), np.float32)), r"shape \(2, 8\)"),
+        ({"num_envs": 2}, ("reset_step", np.array([[0.0] * 8, [math.nan] + [0.0] * 7])), r"copies \[1\] are not finite"),
+    ],
+)
+def test_native_vector_env_refuses_what_it_cannot_honour(make_kwargs, call, message):
+    error = RuntimeError if "before step" in message else ValueError
+    with pytest.raises(error, match=message):
+        vec = gym.make_vec(ENV_ID, scale="smoke", **make_kwargs)
+        if call is not None:
+            what, arg = call
+            if what == "reset":
+                vec.reset(**arg)
+            else:
+                if what == "reset_step":
+                    vec.reset(seed=0)
+                vec.step(arg)

@@ -76,6 +76,37 @@ def test_resume_equals_uninterrupted(env_id, ant, tmp_path, monkeypatch):
     assert replacements[-1] > replacements[-2] > 0, replacements  # some before the stop at 400, some after
 
 
+def test_the_native_vector_env_gives_the_sync_vector_envs_run(ant, monkeypatch):
+    import gymnasium as gym
+
+    from plasticity_gym.envs.ant_friction import AntFrictionVectorEnv
+    from plasticity_gym.harness.episodic import EpisodicRun
+
+    made = []
+    real = EpisodicRun.make_vector_env
+    monkeypatch.setattr(EpisodicRun, "make_vector_env", lambda self, n: made.append(real(self, n)) or made[-1])
+    _run()
+    assert isinstance(made[0], AntFrictionVectorEnv)  # the harness steps AntFriction-v0 natively
+
+    def sync(self, n):
+        return gym.vector.SyncVectorEnv([self.env_fn()] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+    monkeypatch.setattr(EpisodicRun, "make_vector_env", sync)
+    assert _run().comparable() == ant.comparable()
+
+
+def test_seeds_split_across_processes_give_the_one_process_run(ant, tmp_path):
+    # Two worker processes of one seed each, with checkpoints: the entry is the one-process run's
+    # but for the processes it records, and no checkpoint is left behind.
+    with pytest.raises(ValueError, match="workers=3 splits the seeds"):
+        _run(workers=3)
+    ckpt = tmp_path / "run.ckpt"
+    split = _run(workers=2, checkpoint=ckpt, checkpoint_every=200)
+    assert not ckpt.exists() and not list(tmp_path.glob("run.ckpt.part-*"))
+    assert split.data["protocol"].pop("processes") == 2
+    assert split.comparable() == ant.comparable()
+
+
 def test_result_is_schema_valid_and_episodic(ant):
     d = ant.data
     assert result_errors(d) == []
