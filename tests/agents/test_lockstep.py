@@ -270,19 +270,20 @@ def test_compiled_cbp_step_above_a_deferred_input_layer_equals_single_learners(m
 
 @pytest.mark.skipif(not __import__("plasticity_gym_agents.lockstep").lockstep._cxx_compiler_available(),
                     reason="torch.compile on the CPU needs a C++ compiler")
-def test_many_compiled_learners_in_one_process_stay_compiled(monkeypatch):
+def test_many_compiled_learners_in_one_process_stay_compiled():
     """Dynamo caches a code object's compiled variants up to ``recompile_limit``; each learner
     compiles its own copy of the step, so a process that builds many (a sweep, the benchmark)
-    does not hit the limit and fall back to eager (here the limit is lowered to 2)."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    does not hit the limit and fall back to eager (here the limit is lowered to 2). (Dynamo's own
+    ``config.patch`` restores the limit: pytest's monkeypatch would delete, and so hide, it.)"""
     venv = gym.make_vec("PermutedMNIST-v0", num_envs=2, vectorization_mode="vector_entry_point", scale="smoke")
     osp, asp = venv.single_observation_space, venv.single_action_space
     learners = []
-    for width in (64, 65, 66):
-        cfg = resolve_config("cbp", osp, asp, env_id="PermutedMNIST-v0", scale="smoke",
-                             overrides={"network": {"hidden": [width, 32]}})
-        learners.append(LockstepLearner("cbp", cfg, osp, asp, seeds=[0, 1], device="cpu", compile=True))
-        _steps(learners[-1], venv, *venv.reset(seed=0), 3)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for width in (64, 65, 66):
+            cfg = resolve_config("cbp", osp, asp, env_id="PermutedMNIST-v0", scale="smoke",
+                                 overrides={"network": {"hidden": [width, 32]}})
+            learners.append(LockstepLearner("cbp", cfg, osp, asp, seeds=[0, 1], device="cpu", compile=True))
+            _steps(learners[-1], venv, *venv.reset(seed=0), 3)
     assert all(lock.compiled for lock in learners)
 
 
