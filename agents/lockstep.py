@@ -722,10 +722,13 @@ class LockstepLearner:
         self.compiled, self._step = False, self._train_step
 
     def _checked_first_step(self, *args: Any) -> list[torch.Tensor]:
-        """The first compiled step, then the same step eagerly from the same state, whose result
-        is kept; a compiled step that disagrees (torch 2.11's CPU Inductor was measured wrong on a
-        16-core machine) is dropped for good."""
+        """The first compiled step, then the same step eagerly from the same state; a compiled step
+        that disagrees (torch 2.11's CPU Inductor was measured wrong on a 16-core machine) is
+        dropped for good. A run's very first update keeps the eager result; the first step of a
+        learner restored mid-run keeps the compiled one, which the uninterrupted run took at that
+        update, so that a resumed run is the uninterrupted one bit for bit."""
         self._check_compiled = False
+        keep_compiled = self.updates > 0
         state = [*self._params, *(t for ts in self.opt_state.values() for t in ts)]
         before, eager_args = [t.clone() for t in state], [_clone(a) for a in args]
         try:
@@ -740,6 +743,10 @@ class LockstepLearner:
         out = self._train_step(*eager_args)
         if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(compiled, [*out, *state])):
             self._fall_back(f"the compiled update step disagrees with the eager one under torch {torch.__version__}")
+        elif keep_compiled:
+            for t, c in zip(state, compiled[len(out):]):
+                t.copy_(c)
+            return compiled[:len(out)]
         return out
 
 

@@ -245,3 +245,22 @@ def test_cli_reports_a_missing_source_in_one_line(tmp_path, capsys):
     assert main(["data", "imagenet32", "--from", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("plasticity-gym: error:") and "nowhere" in err
+
+
+def test_a_sidecar_lends_its_sha256_only_to_the_array_it_was_made_for(tmp_path):
+    import os
+
+    batches = official_batches()
+    write_batches(tmp_path / "raw", batches, "npz")
+    path = convert_imagenet32(tmp_path / "raw", tmp_path / "prepared", per_class=PER_CLASS)
+    meta_path = tmp_path / "prepared" / "imagenet32_700.json"
+    recorded = json.loads(meta_path.read_text())["sha256"]
+    assert load_imagenet32("imagenet32", data_dir=tmp_path / "prepared", per_class=PER_CLASS).data_id["sha256"] == recorded
+    # Another array of the same shape under the same sidecar: its own identity, not the sidecar's.
+    other = np.load(path)[::-1].copy()
+    stat = path.stat()
+    np.save(path, other)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    images = load_imagenet32("imagenet32", data_dir=tmp_path / "prepared", per_class=PER_CLASS)
+    assert images.data_id["sha256"] == hashlib.sha256(other.tobytes()).hexdigest() != recorded
+    assert json.loads(meta_path.read_text())["sha256"] == images.data_id["sha256"]  # cached for next time

@@ -176,9 +176,10 @@ def convert_imagenet32(
         raise
     del array
     os.replace(partial, final)
+    stat = final.stat()
     meta = {"format": "plasticity-gym imagenet32 per-class array v1", "shape": [N_CLASSES, per_class, IMAGE_BYTES],
             "dtype": "uint8", "order": "first images of each class in file order (batch 1 first)",
-            "sha256": sha256, "sources": used}
+            "sha256": sha256, "array_bytes": stat.st_size, "array_mtime_ns": stat.st_mtime_ns, "sources": used}
     (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     return final
 
@@ -273,6 +274,33 @@ def missing_imagenet32_error(tried: list[Path]) -> DataNotFoundError:
     )
 
 
+def _array_sha256(path: Path, used: np.ndarray) -> str:
+    """The sha256 of the whole array at ``path``: the sidecar's, when it was recorded for this very
+    file (its size and modification time), else computed once and recorded there. A sidecar copied
+    from another array, or an array replaced under it, never lends its data identity."""
+    meta_path = path.with_name(META_FILE)
+    stat = path.stat()
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = None  # missing or unreadable: hash the array
+    if not isinstance(meta, dict):
+        meta = None
+    elif (isinstance(meta.get("sha256"), str) and meta.get("array_bytes") == stat.st_size
+          and meta.get("array_mtime_ns") == stat.st_mtime_ns):
+        return meta["sha256"]
+    sha256 = arrays_digest(used[c] for c in range(N_CLASSES))
+    record = {**(meta or {"format": "plasticity-gym imagenet32 per-class array v1"}), "sha256": sha256,
+              "array_bytes": stat.st_size, "array_mtime_ns": stat.st_mtime_ns}
+    try:
+        tmp = meta_path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, meta_path)
+    except OSError:
+        pass  # a read-only data folder: hashed again next time
+    return sha256
+
+
 @functools.cache
 def _open_array(path: Path, mtime_ns: int, per_class: int) -> ArrayClassImages:
     try:
@@ -284,14 +312,8 @@ def _open_array(path: Path, mtime_ns: int, per_class: int) -> ArrayClassImages:
         raise DataFormatError(f"{path}: {array.dtype} array of shape {array.shape}; expected uint8 "
                               f"({N_CLASSES}, >= {per_class}, {IMAGE_BYTES}); convert again with "
                               "`plasticity-gym data imagenet32 --from DIR`")
-    sha256 = None
-    meta_path = path.with_name(META_FILE)
-    if array.shape[1] == per_class and meta_path.is_file():
-        try:
-            sha256 = json.loads(meta_path.read_text()).get("sha256")
-        except (OSError, ValueError):
-            sha256 = None  # an unreadable note: hash the array instead
     used = array[:, :per_class]
+    sha256 = _array_sha256(path, used) if array.shape[1] == per_class else None
     if sha256 is None:
         sha256 = arrays_digest(used[c] for c in range(N_CLASSES))
     data_id = {"name": "imagenet32", "split": f"train (first {per_class} per class, file order)",

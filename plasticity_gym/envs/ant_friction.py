@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import mujoco
 import numpy as np
 from gymnasium import utils
+from gymnasium.utils import seeding
 from gymnasium.envs.mujoco import MujocoEnv
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
@@ -23,6 +24,11 @@ ANT_DEFAULT_FRICTION = 1.0
 PAPER_FRICTION_RANGE: tuple[float, float] = (0.02, 2.0)
 PAPER_CHANGE_EVERY = 2_000_000
 EPISODE_STEPS = 1000  # the registered TimeLimit, as for Ant-v5
+# The largest |action| component step() accepts. Finite actions beyond the action space's bounds
+# ([-1, 1]) are accepted: MuJoCo clamps the controls itself and the control cost is taken on what
+# the env receives (a policy's raw Gaussian sample, as the paper's PPO sends). Beyond this, or NaN
+# or inf, an action is a bug of the agent, and is refused as the streams refuse theirs.
+MAX_ACTION_MAGNITUDE = 1e3
 
 # Spawn key of the friction draws: SeedSequence(seed, spawn_key=(ROLE_FRICTION, k)) gives
 # friction k, independent of Ant's own reset noise (which uses SeedSequence(seed) itself).
@@ -89,6 +95,12 @@ class AntFrictionEnv(AntEnv):
 
     Ant's reset noise still comes from ``np_random`` seeded by ``reset(seed=s)`` exactly as in
     Ant-v5; the schedule uses an independent random stream derived from the same seed.
+
+    ## Action
+    Ant-v5's ``Box(-1, 1, (8,))``. ``step`` accepts any finite action with every component of
+    magnitude at most ``MAX_ACTION_MAGNITUDE`` (1,000): MuJoCo clamps the controls to their range,
+    and the control cost is computed on the action as given. NaN, ±inf or a larger magnitude raise
+    ``ValueError``.
 
     ## Info
     Ant-v5's keys plus ``friction`` (μ of this step or of the episode ``reset`` begins, float),
@@ -241,8 +253,13 @@ class AntFrictionEnv(AntEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """``reset(seed=s)`` starts a new lifetime from ``s``; ``reset()`` starts the next episode.
 
-        The friction is set before the episode starts: at most one change per reset.
+        The friction is set before the episode starts: at most one change per reset. ``seed`` is
+        checked as Gymnasium checks it (an int >= 0); ``options`` are not taken.
         """
+        if options:
+            raise ValueError(f"{type(self).__name__}.reset takes no options, got {sorted(options)[:5]}")
+        if seed is not None:
+            seeding.np_random(seed)  # Gymnasium's own error for a seed that is not an int >= 0
         if seed is not None or self._lifetime_key is None:
             entropy = np.random.SeedSequence(seed).entropy
             self._lifetime_key = int(entropy)  # type: ignore[arg-type]
@@ -261,6 +278,11 @@ class AntFrictionEnv(AntEnv):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._lifetime_key is None:
             raise RuntimeError("AntFrictionEnv: call reset() before step(); the friction is set by reset")
+        magnitude = np.abs(np.asarray(action, dtype=np.float64))
+        if not (magnitude <= MAX_ACTION_MAGNITUDE).all():  # NaN and inf fail the comparison too
+            shown = np.asarray(action).tolist() if magnitude.size <= 8 else f"<array of shape {magnitude.shape}>"
+            raise ValueError(f"{type(self).__name__}: bad action {shown}: NaN, inf or a magnitude over "
+                             f"{MAX_ACTION_MAGNITUDE:g}; expected finite controls (MuJoCo clamps them to [-1, 1])")
         obs, reward, terminated, truncated, info = super().step(action)
         self._lifetime_step += 1
         info["friction"] = self._friction

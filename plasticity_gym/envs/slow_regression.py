@@ -12,6 +12,10 @@ from plasticity_gym.envs.stream import ROLE_STRUCTURE, ROLE_TASK, SupervisedStre
 
 THRESHOLD_RULES: tuple[str, ...] = ("code", "text")
 GENERATOR_NAME = "slow-regression"
+# Stated maxima of the kwargs that size the target network (held in memory): a larger value is a
+# clear error naming the kwarg, not a MemoryError.
+MAX_HIDDEN = 100_000
+MAX_BITS = 10_000
 
 
 class SlowRegressionEnv(SupervisedStreamEnv):
@@ -61,7 +65,9 @@ class SlowRegressionEnv(SupervisedStreamEnv):
     ## Arguments
     ``n_examples`` (stream length), ``flip_interval`` (T), ``n_slow_bits`` (f), ``n_random_bits``
     (m − f), ``n_hidden``, ``beta``, ``threshold_rule`` (``"code"`` | ``"text"``), ``batch_size``
-    (must divide T). ``n_examples`` must be a multiple of T.
+    (must divide T). ``n_examples`` must be a multiple of T. ``n_hidden`` is at most 100,000 and
+    ``n_slow_bits`` at most 10,000 (the target network is held in memory; ``MAX_HIDDEN``,
+    ``MAX_BITS``), ``n_random_bits`` at most 16.
 
     ## Scales
     ============  ===========  =============  =======
@@ -95,11 +101,11 @@ class SlowRegressionEnv(SupervisedStreamEnv):
     _transient_attrs: ClassVar[tuple[str, ...]] = ("_cached_task", "_task_bits", "_task_targets")
 
     def _configure(self, config: dict[str, Any]) -> dict[str, Any]:
-        n_slow = self._check_positive_int("n_slow_bits", config["n_slow_bits"])
+        n_slow = self._check_positive_int("n_slow_bits", config["n_slow_bits"], MAX_BITS)
         n_random = self._check_positive_int("n_random_bits", config["n_random_bits"])
         if n_random > 16:
             raise ValueError(f"n_random_bits must be at most 16 (targets are tabulated), got {n_random}")
-        n_hidden = self._check_positive_int("n_hidden", config["n_hidden"])
+        n_hidden = self._check_positive_int("n_hidden", config["n_hidden"], MAX_HIDDEN)
         flip_interval = self._check_positive_int("flip_interval", config["flip_interval"])
         n_examples = self._check_positive_int("n_examples", config["n_examples"])
         if n_examples % flip_interval:

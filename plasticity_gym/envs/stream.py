@@ -158,9 +158,11 @@ class SupervisedStreamEnv(gym.Env[np.ndarray, np.ndarray]):
         return int(batch_size)
 
     @staticmethod
-    def _check_positive_int(name: str, value: Any) -> int:
+    def _check_positive_int(name: str, value: Any, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise ValueError(f"{name} must be a positive int, got {str(value)[:40]!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{name} must be at most {maximum:,}, got {int(value):,}")
         return int(value)
 
     # ------------------------------------------------------------------ hooks

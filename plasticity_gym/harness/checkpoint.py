@@ -7,13 +7,14 @@ resumed run produces the result of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pickle
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -139,3 +140,74 @@ def check_writable(path: str | os.PathLike, what: str) -> Path:
         raise ValueError(f"{what} {path}: cannot write in {parent} ({exc.strerror or exc}); choose a "
                          "writable path") from None
     return path
+
+
+class RunLockedError(ValueError):
+    """Another process holds the lock of a run's output (it is writing the same files)."""
+
+
+def _lock(path: Path) -> int:
+    """An exclusive ``flock`` on ``path`` (created), or :class:`RunLockedError` at once."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise RunLockedError(f"another run{f' (pid {holder})' if holder.isdigit() else ''} is writing "
+                                 f"{str(path)[:-len('.lock')]}; wait for it to end, or give this one another --out"
+                                 ) from None
+        try:  # the holder before us may have removed the file: lock the one that is there
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_run(paths: Any) -> Iterator[None]:
+    """Hold ``<path>.lock`` for every path in ``paths`` (a run's result and checkpoint files) while
+    the run lasts: a second run writing the same files refuses at once (:class:`RunLockedError`)
+    instead of overwriting the first one's checkpoint. The lock goes with the process, so a killed
+    run leaves none; stale temp files of killed writes to these paths are removed on entry and exit."""
+    try:
+        import fcntl  # noqa: F401 - POSIX; elsewhere runs are not locked
+    except ImportError:
+        yield
+        return
+    held: list[tuple[Path, int]] = []
+    try:
+        for path in dict.fromkeys(Path(p) for p in paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = path.with_name(path.name + ".lock")
+            held.append((lock, _lock(lock)))
+        for path, _ in held:
+            remove_stale_temps(path.with_name(path.name[:-len(".lock")]))
+        yield
+        for path, _ in held:
+            remove_stale_temps(path.with_name(path.name[:-len(".lock")]))
+    finally:
+        for lock, fd in reversed(held):
+            with contextlib.suppress(OSError):
+                lock.unlink()  # while still held: the next run locks a fresh file
+            os.close(fd)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files that killed atomic writes of ``path`` (and of its part checkpoints)
+    left behind: ``.<name>.*.tmp`` and ``.<name>.part-*.tmp`` beside it. Only safe while no other
+    process writes ``path`` (:func:`exclusive_run`)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

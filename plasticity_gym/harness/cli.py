@@ -21,7 +21,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -86,9 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-run some of a result file's seeds on this machine and compare the "
                        "runs with the stored ones")
     p.add_argument("file", metavar="FILE", help="the result file to verify")
-    p.add_argument("--seeds", type=int, default=1, metavar="K", help="re-run the file's first K seeds (default 1)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="re-run the file's first K seeds (default 1; "
+                   "a lockstep entry's seeds re-run in the batch they ran in)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="torch device (default: the one the file recorded)")
+    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
+                   help="let the re-run import this module (and the modules under it), named by the file as a "
+                   "user's agent (module:factory) or env (module:Id): its code runs on this machine, so read it "
+                   "first; without it, verify imports nothing the file names")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("resummarize", help="recompute the summary of result files from their runs with this "
@@ -168,10 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="validate a result (numbers included) and file it under its board")
     p.add_argument("file", metavar="FILE", help="the result file to file")
-    p.add_argument("--verify", action="store_true", help="also re-run its first seed here and require the "
-                   "stored run to be reproduced (plasticity-gym verify FILE --seeds 1)")
+    p.add_argument("--verify", action="store_true", help="also re-run every seed here and require the stored "
+                   "runs to be reproduced (plasticity-gym verify); --verify-seeds K re-runs K seeds drawn at random")
+    p.add_argument("--verify-seeds", type=int, metavar="K",
+                   help="with --verify: re-run K of the entry's seeds, drawn at random and named in the output")
+    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
+                   help="with --verify: let the re-run import this module of a user's agent or env (see verify)")
     p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
     p.add_argument("--name", help="file name of the entry (default <agent>-<config hash>)")
+    p.add_argument("--replace", action="store_true", help="replace an entry of the same name (default: refuse)")
     p.set_defaults(func=cmd_submit)
 
     add_sweep_parser(sub)
@@ -243,9 +252,7 @@ def _checkpoint_plan(args: argparse.Namespace, ckpt: Path | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from plasticity_gym.harness.checkpoint import check_writable
-    from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
-    from plasticity_gym.harness.evaluate import evaluate
+    from plasticity_gym.harness.checkpoint import check_writable, exclusive_run
 
     # Everything that can be checked is checked before any work.
     _check_counts(args)
@@ -257,6 +264,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable(out, "--out")
     if ckpt is not None:
         check_writable(ckpt, "--checkpoint")
+    # One run at a time writes these files: a second run with the same --out refuses at once.
+    with exclusive_run([out] + ([ckpt] if ckpt is not None else [])):
+        return _run_locked(args, out, ckpt)
+
+
+def _run_locked(args: argparse.Namespace, out: Path, ckpt: Path | None) -> int:
+    from plasticity_gym.harness.episodic import evaluate_episodic, is_episodic_env
+    from plasticity_gym.harness.evaluate import evaluate
+
     _checkpoint_plan(args, ckpt)
     if is_episodic_env(args.env_id):
         if args.lockstep == "on":
@@ -346,13 +362,12 @@ def _report_written(out: Path, result: Any) -> int:
 
 
 def _read_entry(path: str) -> Any:
+    from plasticity_gym.harness.schema import read_entry
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        return read_entry(path)  # size and nesting capped before parsing
     except OSError as exc:
         raise FileNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON: {exc}") from None
 
 
 def _check_file(path: str) -> tuple[list[str], list[str]]:
@@ -381,7 +396,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from plasticity_gym.harness.result import Result
     from plasticity_gym.harness.verify import verify
 
-    report = verify(Result.load(args.file).data, args.seeds, device=args.device)
+    report = verify(Result.load(args.file).data, args.seeds, device=args.device, allow_import=args.allow_import)
     print(f"{args.file}: " + report.report(), end="")
     return 0 if report.ok else 1
 
@@ -406,9 +421,18 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from plasticity_gym.harness import boards
 
     board_dir = Path(args.dir) if args.dir else boards.default_dir()
+    if args.dir and board_dir.exists() and not board_dir.is_dir():
+        raise CLIError(f"--dir {board_dir} is a file; give the board folder that holds <env id>/<scale>/*.json "
+                       "(a result file goes in --include)")
     paths: list[Path] = [board_dir] if board_dir.is_dir() else []
     paths += [Path(p) for p in args.include]
-    entries = boards.load_entries(paths, full_check=args.include)
+    rejected: list[Path] = []
+
+    def skipped(path: Path, errors: Sequence[str]) -> None:
+        rejected.append(path)
+        _say_skipped(path, errors)
+
+    entries = boards.load_entries(paths, skipped=skipped)
     if args.env_id or args.scale:
         # An included file the filter hides is said, not silently dropped.
         included = {f.resolve() for f in boards.entry_files(args.include)}
@@ -426,7 +450,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         print(f"updated {args.update_readme}")
     else:
         print(text, end="")
-    return 0
+    # A file given with --include that was left out is a failure; a bad board file is named only.
+    included = {f.resolve() for f in boards.entry_files(args.include)}
+    return 1 if any(p.resolve() in included for p in rejected) else 0
+
+
+def _say_skipped(path: Path, errors: Sequence[str]) -> None:
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    print(f"plasticity-gym: skipped {path}: INVALID: {errors[0]}{more}; `plasticity-gym validate {path}` lists "
+          "every problem", file=sys.stderr)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -523,7 +555,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     from plasticity_gym.harness import boards
     from plasticity_gym.harness.site import build_site
 
-    files = build_site(Path(args.dir) if args.dir else boards.default_dir(), args.out)
+    files = build_site(Path(args.dir) if args.dir else boards.default_dir(), args.out, skipped=_say_skipped)
     pages = [f for f in files if f.suffix == ".html"]
     print(f"wrote {len(pages)} pages ({len(files)} files) to {args.out}; open {files[0]} in a browser")
     return 0
@@ -537,13 +569,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if errors:
         print(f"{args.file}: INVALID, not filed\n  " + "\n  ".join(errors))
         return 1
+    if args.verify_seeds is not None and not args.verify:
+        raise CLIError("--verify-seeds K goes with --verify")
     if args.verify:  # after the checks, which are quick; a re-run is not
-        report = verify(_read_entry(args.file), 1)
+        entry = _read_entry(args.file)
+        seeds = list(entry["seeds"])
+        if args.verify_seeds is not None:
+            if not 1 <= args.verify_seeds <= len(seeds):
+                raise CLIError(f"--verify-seeds must be between 1 and the entry's {len(seeds)} seeds, "
+                               f"got {args.verify_seeds}")
+            import random
+
+            seeds = sorted(random.SystemRandom().sample(seeds, args.verify_seeds), key=seeds.index)
+            print(f"{args.file}: re-running {len(seeds)} of its {len(entry['seeds'])} seeds, drawn at random: "
+                  f"{', '.join(map(str, seeds))}")
+        report = verify(entry, seeds=seeds, allow_import=args.allow_import)
         print(f"{args.file}: " + report.report(), end="")
         if not report.ok:
-            print(f"{args.file}: not filed (its first seed did not reproduce)")
+            print(f"{args.file}: not filed (its re-run did not reproduce it)")
             return 1
-    dest = boards.submit(args.file, Path(args.dir) if args.dir else boards.default_dir(), name=args.name)
+    dest = boards.submit(args.file, Path(args.dir) if args.dir else boards.default_dir(), name=args.name,
+                         replace=args.replace)
     print(f"filed {args.file} as {dest}")
     return 0
 
@@ -587,11 +633,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import gymnasium as gym
 
     from plasticity_gym.harness.plot import PlotDependencyError
+    from plasticity_gym.harness.workers import WorkerError
 
     try:
         return int(args.func(args) or 0)
     except ResultValidationError as exc:
         print(f"plasticity-gym: {exc}", file=sys.stderr)
+        return 1
+    except WorkerError as exc:  # a worker process died: one line (its own error follows only when it had one)
+        print(f"plasticity-gym: error: {exc}", file=sys.stderr)
         return 1
     except UserCodeError as exc:
         print(f"plasticity-gym: error: {exc}\n{_users_traceback(exc.__cause__)}", file=sys.stderr, end="")

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from plasticity_gym.harness._io import atomic_write_json
-from plasticity_gym.harness.schema import SCHEMA_VERSION, validate_result
+from plasticity_gym.harness.schema import SCHEMA_VERSION, read_entry, validate_result
 
 CI_LEVEL = 0.95
 # The interval of every summary value: Student-t over seeds. A percentile bootstrap over 3
@@ -522,8 +522,7 @@ class Result:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, validate: bool = True) -> "Result":
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = read_entry(str(path))  # size and nesting capped before parsing
         if validate:
             validate_result(data, str(path))
         return cls(data)

@@ -22,10 +22,16 @@ from typing import Any
 
 import jsonschema
 
-from plasticity_gym.harness._io import sha256_of
+from plasticity_gym.harness._io import read_json, sha256_of
 
 SCHEMA_VERSION = 1
 SCHEMA_FILENAME = f"result-schema-v{SCHEMA_VERSION}.json"
+# What a result file may be, checked before it is parsed: a paper-scale entry of 10 seeds is a few
+# MB and nests 7 levels (runs[].plasticity.metrics.<name>[i]).
+MAX_ENTRY_BYTES = 64 * 1024 * 1024
+MAX_ENTRY_DEPTH = 32
+MAX_SHOWN = 80  # characters of a bad value quoted in a message
+MAX_MESSAGES = 30  # problems listed per file
 
 
 class ResultValidationError(ValueError):
@@ -54,6 +60,17 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+def read_entry(path: str) -> Any:
+    """The JSON of the result file ``path``, refused (a one-line ``ValueError``) before parsing when
+    it is over :data:`MAX_ENTRY_BYTES` or nested deeper than :data:`MAX_ENTRY_DEPTH`."""
+    return read_json(path, max_bytes=MAX_ENTRY_BYTES, max_depth=MAX_ENTRY_DEPTH, what="result file")
+
+
+def _short(text: str) -> str:
+    """``text`` cut to a short prefix: a message never echoes a huge value back."""
+    return text if len(text) <= 2 * MAX_SHOWN else text[:2 * MAX_SHOWN] + f"... ({len(text):,} characters)"
+
+
 def _path(parts) -> str:
     out = ""
     for p in parts:
@@ -69,9 +86,9 @@ def _schema_messages(entry: Any) -> list[str]:
             # Name the missing field itself, not only its parent.
             missing = err.message.split("'")[1] if "'" in err.message else err.message
             field = f"{path}.{missing}" if path != "<root>" else missing
-            msgs.append(f"{field}: required field is missing")
+            msgs.append(f"{_short(field)}: required field is missing")
         else:
-            msgs.append(f"{path}: {err.message}")
+            msgs.append(_short(f"{path}: {err.message}"))
     return msgs
 
 
@@ -100,7 +117,8 @@ def _semantic_messages(entry: dict[str, Any]) -> list[str]:
     seeds = entry["seeds"]
     run_seeds = [r["seed"] for r in entry["runs"]]
     if run_seeds != seeds:
-        msgs.append(f"runs: seeds of the runs {run_seeds} differ from seeds {seeds}")
+        msgs.append(_short(f"runs: seeds of the runs {run_seeds} differ from seeds {seeds}"))
+    msgs += _length_messages(entry)
     for i, run in enumerate(entry["runs"]):
         for name, s in run["series"].items():
             if not len(s["index"]) == len(s["value"]) == len(s["n"]):
@@ -130,6 +148,35 @@ def _semantic_messages(entry: dict[str, Any]) -> list[str]:
     return msgs
 
 
+def _length_messages(entry: dict[str, Any]) -> list[str]:
+    """Every series no longer than the entry's budget allows: one point per task (``online``,
+    ``val``, ``test``) or per bin (``binned``), one probe per task or diagnosis, one episode per
+    env step at most."""
+    budget, proto = entry["env"]["budget"], entry["protocol"]
+    total, n_tasks = budget["n_examples_total"], budget["n_tasks"]
+    bins = -(-total // proto["bin_examples"]) if proto["bin_examples"] else total
+    episodic = proto["metric"] == "episodic_return"
+    diagnoses = total // proto["diagnose_every_steps"] + 2 if episodic and proto.get("diagnose_every_steps") else total
+    msgs = []
+    for i, run in enumerate(entry["runs"]):
+        if run["n_examples"] > total:
+            msgs.append(f"runs[{i}].n_examples: {run['n_examples']:,} examples; the budget is {total:,}")
+        for name, series in run["series"].items():
+            most = bins if name == "binned" else n_tasks
+            if len(series["value"]) > most:
+                per = "one per bin" if name == "binned" else "one per task"
+                msgs.append(f"runs[{i}].series.{name}: {len(series['value']):,} points; a stream of {total:,} "
+                            f"examples in {n_tasks:,} tasks has at most {most:,} ({per})")
+        probes = len(run["plasticity"]["task"])
+        most = diagnoses if episodic else n_tasks
+        if probes > most:
+            msgs.append(f"runs[{i}].plasticity.task: {probes:,} probes; the budget allows at most {most:,}")
+        episodes = run.get("episodes")
+        if episodes is not None and len(episodes["step"]) > total:
+            msgs.append(f"runs[{i}].episodes: {len(episodes['step']):,} episodes in {total:,} env steps")
+    return msgs[:20]
+
+
 def _non_finite_messages(node: Any, parts: tuple = ()) -> list[str]:
     """Every NaN or ±inf in ``node`` (JSON readers accept ``NaN``/``Infinity``; an entry stores
     a non-finite value as null)."""
@@ -147,9 +194,11 @@ def result_errors(entry: Any) -> list[str]:
     hashes, per-seed lengths) as messages that start with the offending field's path.
     :func:`plasticity_gym.harness.verify.entry_errors` adds the numbers' checks."""
     msgs = _non_finite_messages(entry) + _schema_messages(entry)
-    if msgs:
-        return msgs  # semantic checks assume the shape is right
-    return _semantic_messages(entry)
+    if not msgs:  # semantic checks assume the shape is right
+        msgs = _semantic_messages(entry)
+    if len(msgs) > MAX_MESSAGES:
+        msgs = msgs[:MAX_MESSAGES] + [f"... and {len(msgs) - MAX_MESSAGES:,} more problems"]
+    return msgs
 
 
 def validate_result(entry: Any, source: str | None = None) -> None:

@@ -17,19 +17,23 @@ metric, so a board of any metric (accuracy, squared error, episodic return) rend
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import html
 import json
 import math
+import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from plasticity_gym.harness import boards
+from plasticity_gym.harness._io import usual_mode
 from plasticity_gym.harness.result import Result
 
 MARKER = ".plasticity-gym-site"  # lists the files of the last build, so a rebuild removes stale pages
@@ -39,13 +43,15 @@ Entry = tuple[Path, Result]
 
 
 # --------------------------------------------------------------------------- public API
-def build_site(board_dir: str | Path, out_dir: str | Path) -> list[Path]:
+def build_site(board_dir: str | Path, out_dir: str | Path, *,
+               skipped: Callable[[Path, list[str]], None] | None = None) -> list[Path]:
     """Build the static site of every board under ``board_dir`` into ``out_dir``.
 
     ``out_dir`` must be outside ``board_dir``, and new, empty (dotfiles such as ``.git`` aside)
-    or a previous build, whose files are replaced. Returns the files written, ``index.html``
+    or a previous build, which is replaced. Returns the files written, ``index.html``
     first, then the board pages. Raises ``FileNotFoundError`` when ``board_dir`` holds no entry, ``ValueError`` for an
-    ``out_dir`` that holds other files, and the validation error of the first invalid entry.
+    ``out_dir`` that holds other files. A file that ``plasticity-gym validate`` rejects is left out
+    and passed to ``skipped(path, errors)`` (without ``skipped``: its validation error is raised).
     """
     board_dir = Path(board_dir)
     if not board_dir.is_dir():
@@ -54,7 +60,7 @@ def build_site(board_dir: str | Path, out_dir: str | Path) -> list[Path]:
     if board_dir.resolve() in (Path(out_dir).resolve(), *Path(out_dir).resolve().parents):
         raise ValueError(f"the site folder {out_dir} is inside the board folder {board_dir}, whose entries it "
                          "copies (a later build would read them back); put the site elsewhere")
-    entries = boards.load_entries([board_dir])
+    entries = boards.load_entries([board_dir], skipped=skipped)
     if not entries:
         raise FileNotFoundError(f"no result entries under {board_dir}; file some with `plasticity-gym submit`")
     return write_site(entries, out_dir, board_dir=board_dir)
@@ -66,7 +72,24 @@ def write_site(entries: Sequence[Entry], out_dir: str | Path, *, board_dir: str 
     ``board_dir``: where the entries live, for their path on the pages and for the figures
     (``<board_dir>/figures``); ``None``: no figures, entries named by file name.
     """
-    out = _prepare_out_dir(Path(out_dir))
+    final = Path(out_dir)
+    _check_out_dir(final)
+    # Built in a folder beside out_dir, then renamed into place: a killed build never leaves a
+    # half-built site where the last one was.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(final)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-{os.getpid()}-", dir=final.parent))
+    try:
+        written = _write_into(entries, out, board_dir)
+        os.chmod(out, usual_mode(0o777))
+        _swap_into_place(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return [final / p.relative_to(out) for p in written]
+
+
+def _write_into(entries: Sequence[Entry], out: Path, board_dir: str | Path | None) -> list[Path]:
     root = Path(board_dir) if board_dir is not None else None
     grouped = list(boards.group_boards(entries).values())
     slugs = _page_slugs(grouped)
@@ -112,22 +135,46 @@ def _ranked(board: Sequence[Entry]) -> tuple[list[Entry], set[str]]:
 
 
 # --------------------------------------------------------------------------- files and names
-def _prepare_out_dir(out: Path) -> Path:
+def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"the site folder {out} is a file; give a new or empty folder")
-    if out.is_dir():
-        marker = out / MARKER
-        if marker.is_file():
-            # A previous build: remove its files (a board that disappeared leaves no stale page).
-            for rel in marker.read_text(encoding="utf-8").splitlines():
-                stale = out / rel
-                if rel and stale.is_file() and out.resolve() in stale.resolve().parents:
-                    stale.unlink()
-        elif any(not p.name.startswith(".") for p in out.iterdir()):
-            raise ValueError(f"the site folder {out} holds files that are not a plasticity-gym site; "
-                             "give a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if out.is_dir() and not (out / MARKER).is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise ValueError(f"the site folder {out} holds files that are not a plasticity-gym site; "
+                         "give a new or empty folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(final: Path) -> None:
+    """Remove the half-built folders of killed builds of ``final`` (their process is gone)."""
+    for d in final.parent.glob(f".{glob.escape(final.name)}.*-*-*"):
+        kind, _, rest = d.name[len(final.name) + 2:].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("building", "old") and pid.isdigit() and d.is_dir() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _swap_into_place(built: Path, final: Path) -> None:
+    """Rename the finished build ``built`` to ``final``; a previous build there is moved aside and
+    removed, keeping its dotfiles (``.git``, ...), which move into the new build."""
+    if not final.exists():
+        os.rename(built, final)
+        return
+    for p in final.iterdir():
+        if p.name.startswith(".") and p.name != MARKER and not (built / p.name).exists():
+            os.rename(p, built / p.name)
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent))
+    os.rename(final, old / "site")
+    os.rename(built, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _slug(text: str) -> str:

@@ -72,12 +72,16 @@ def plan(board_dir: Path, scale: str, *, envs: Sequence[str] | None = None,
             raise ValueError(f"no {scale} board for {', '.join(missing)} under {board_dir}; "
                              "give --agents and --seeds to start one")
         env_dirs = [board_dir / e for e in envs]
+    from plasticity_gym.harness.resolve import reference_agent_names
+
     jobs: list[Job] = []
     for env_dir in env_dirs:
         stored = {}
         for f in sorted((env_dir / scale).glob("*.json")):
             entry = json.loads(f.read_text(encoding="utf-8"))
-            if entry.get("agent", {}).get("source") == "reference":
+            if entry.get("agent", {}).get("source") == "reference" and \
+                    entry.get("agent", {}).get("factory") in reference_agent_names("supervised") + \
+                    reference_agent_names("episodic"):  # a name, never a module of the file's choosing
                 stored[f.stem] = entry
         if not stored and (agents is None or seeds is None):
             continue  # a board without reference entries: nothing says what to run
@@ -172,7 +176,7 @@ def publish(jobs: Sequence[Job], status: dict[Job, int], *, runs_dir: Path, boar
 
     for job in jobs:
         if status.get(job) == 0:
-            dest = boards.submit(job.out(runs_dir), board_dir, name=job.name)
+            dest = boards.submit(job.out(runs_dir), board_dir, name=job.name, replace=True)
             echo(f"filed {dest}")
     entries = boards.load_entries([board_dir])
     boards.update_readme(readme, boards.render(entries, markdown=True, relative_to=readme.parent))
