@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="Markdown tables (default: plain text)")
     p.add_argument("--update-readme", metavar="README",
                    help="write the Markdown tables into README between the generated-block markers")
+    p.add_argument("--figures", action="store_true",
+                   help="also redraw the figures of the boards shown into <dir>/figures (from their entries; "
+                   "nothing is run)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("plot", help="draw per-task curves and plasticity metrics of result files, one "
@@ -500,9 +503,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         print(f"updated {args.update_readme}")
     else:
         print(text, end="")
+    if args.figures:
+        if board_dir is None:
+            raise CLIError("--figures redraws a board folder's figures: give --dir (or run beside leaderboards/)")
+        own = [(p, r) for p, r in entries if board_dir.resolve() in p.resolve().parents
+               and (not args.env_id or r.env_id == args.env_id) and (not args.scale or r.scale == args.scale)]
+        for path in _redraw_figures(board_dir, {(r.env_id, r.scale) for _, r in own}, own):
+            print(f"wrote {path}")
     # A file given with --include that was left out is a failure; a bad board file is named only.
     included = {f.resolve() for f in boards.entry_files(args.include)}
     return 1 if any(p.resolve() in included for p in rejected) else 0
+
+
+def _redraw_figures(board_dir: Path, keys: set[tuple[str, str]], entries: Sequence[tuple[Path, Any]]) -> list[Path]:
+    """Redraw ``<board_dir>/figures`` of each (env id, scale) in ``keys`` from ``entries``."""
+    from plasticity_gym.harness.plot import board_figures
+
+    out: list[Path] = []
+    for env_id, scale in sorted(keys):
+        results = [r for _, r in entries if (r.env_id, r.scale) == (env_id, scale)]
+        if results:
+            out += board_figures(results, board_dir / "figures", env_id.split(":")[-1], scale)
+    return out
 
 
 def _say_skipped(path: Path, errors: Sequence[str]) -> None:
@@ -642,6 +664,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return 1
     dest = boards.submit(args.file, target, name=args.name, replace=args.replace)
     print(f"filed {args.file} as {dest}")
+    # The board's figures show every entry: redrawn with the new one.
+    folder = boards.load_entries([dest.parent], skipped=_say_skipped)
+    for path in _redraw_figures(target, {(r.env_id, r.scale) for _, r in folder}, folder):
+        print(f"redrew {path}")
     return 0
 
 
