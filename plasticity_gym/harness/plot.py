@@ -107,6 +107,10 @@ def _plasticity_matrix(res: Result, key: str, *, keep_gaps: bool = True) -> tupl
     return (x, m) if m.size else None
 
 
+def _has_values(got: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    return got is not None and bool(np.isfinite(got[1]).any())
+
+
 def _steps_label(value: float, _pos: int) -> str:
     if abs(value) >= 1e6:
         return f"{value / 1e6:g}M"
@@ -141,6 +145,8 @@ def _bounds(label: str) -> tuple[float, float] | None:
 def _band(ax, x, m, label, color, marker: str | None = None, *, lw: float = 1.4, alpha: float = 0.2,
           bounds: tuple[float, float] | None = None) -> None:
     mean, lo, hi = t_band(m)
+    if marker is None and np.isfinite(mean).sum() <= 3:  # a line of one or two points would not show
+        marker = "o"
     if bounds is not None:  # a percentage's interval stops at 0 and 100, a norm's at 0
         lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
     ax.plot(x, mean, label=label, color=color, lw=lw, marker=marker, ms=3)
@@ -277,7 +283,7 @@ def plot_results(results: Sequence[Result], out: str | Path, *, title: str | Non
     episodic = metrics == {"episodic_return"}
     plast = [
         (k, lab) for k, lab in (_EPISODIC_PANELS if episodic else _PLASTICITY_PANELS)
-        if any(_plasticity_matrix(r, k) is not None for r in results)
+        if any(_has_values(_plasticity_matrix(r, k)) for r in results)  # an all-null metric gets no empty panel
     ][:len(_EPISODIC_PANELS) if episodic else _MAX_PLASTICITY_PANELS]
     panels = len(curves) + len(plast)
     ncols = min(panels, 3)
