@@ -23,6 +23,12 @@ class Agent(Protocol):
     ``uses_task_boundaries`` is True if the agent reads ``task_boundary``/``next_task_boundary``
     (privileged information that a leaderboard entry must declare).
 
+    Optional: ``config``, a dict of the agent's hyperparameters (JSON values), recorded as the
+    result's ``agent.config`` and hashed into ``agent.config_hash``; ``probe_model()``, the torch
+    network with activation modules (``nn.ReLU()``, ...) for the plasticity probes; ``name``. The
+    harness seeds ``random``, numpy and torch from the run's seed before it calls a factory
+    (docs/design.md, "Your own agent").
+
     Optional: an agent that chooses the network it is tested with on validation data (early
     stopping) sets ``selects_on_validation = True`` (the result's agent block declares it) and
     may give ``model_selection()``, a dict of equal-length lists (``task``, ``epoch``,

@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from plasticity_gym.harness.cliargs import add_episodic_args, add_run_args, add_stream_args, parse_sets
+from plasticity_gym.harness.cliargs import UsageError, add_episodic_args, add_run_args, add_stream_args, parse_sets
 from plasticity_gym.harness.resolve import AgentProtocolError, UserCodeError
 from plasticity_gym.harness.schema import ResultValidationError
 from plasticity_gym.harness.threads import thread_env
@@ -39,7 +39,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     if args.seed_list:
         return list(args.seed_list)
     if args.seeds < 1:
-        raise SystemExit("plasticity-gym: error: --seeds must be >= 1")
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     return list(range(args.seeds))
 
 
@@ -103,11 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="render the boards as tables")
     p.add_argument("env_id", nargs="?", help="only this env")
     p.add_argument("--scale", help="only this scale")
-    p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
+    p.add_argument("--dir", help="board directory (default ./leaderboards in the current directory)")
     p.add_argument("--include", nargs="+", default=[], metavar="FILE", help="also rank these result files")
     p.add_argument("--markdown", action="store_true", help="Markdown tables (default: plain text)")
     p.add_argument("--update-readme", metavar="README",
                    help="write the Markdown tables into README between the generated-block markers")
+    p.add_argument("--figures", action="store_true",
+                   help="also redraw the figures of the boards shown into <dir>/figures (from their entries; "
+                   "nothing is run)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("plot", help="draw per-task curves and plasticity metrics of result files, one "
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (default: the stored entries' seeds)")
     p.add_argument("--jobs", type=int, metavar="N", help="runs at once, each with cores/N torch threads "
                    "(default: one per core, one thread each)")
-    p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
+    p.add_argument("--dir", help="board directory (default ./leaderboards in the current directory)")
     p.add_argument("--runs-dir", default="runs", help="where the runs write results, logs and checkpoints "
                    "(default runs; a run resumes from its checkpoint there)")
     p.add_argument("--dry-run", action="store_true", help="print the run commands, run nothing")
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "viewable with no network")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the site: new, empty, or a previous build (which is replaced)")
-    p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
+    p.add_argument("--dir", help="board directory (default ./leaderboards in the current directory)")
     p.set_defaults(func=cmd_site)
 
     p = sub.add_parser("submit", help="validate a result (numbers included) and file it under its board")
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --verify: re-run K of the entry's seeds, drawn at random and named in the output")
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                    help="with --verify: let the re-run import this module of a user's agent or env (see verify)")
-    p.add_argument("--dir", help="board directory (default ./leaderboards, else the checkout's)")
+    p.add_argument("--dir", help="board directory (default ./leaderboards in the current directory)")
     p.add_argument("--name", help="file name of the entry (default <agent>-<config hash>)")
     p.add_argument("--replace", action="store_true", help="replace an entry of the same name (default: refuse)")
     p.set_defaults(func=cmd_submit)
@@ -188,24 +191,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- commands
-class CLIError(Exception):
+class CLIError(UsageError):
     """A mistake in the command line: printed as one line, exit status 2."""
 
 
-def _check_env_id(env_id: str) -> None:
-    """An env id that Gymnasium can make (importing a ``module:`` prefix), or a one-line error."""
+def _known_env_ids() -> list[str]:
     import gymnasium as gym
 
-    from plasticity_gym.harness.resolve import import_user_module
+    import plasticity_gym  # noqa: F401 - registers the ids
+
+    return sorted(gym.registry)
+
+
+def _check_env_id(env_id: str) -> None:
+    """An env id that Gymnasium can make (importing a ``module:`` prefix), or a one-line error
+    with the closest registered id."""
+    import gymnasium as gym
+
+    from plasticity_gym.harness.resolve import did_you_mean, import_user_module
 
     module, colon, name = env_id.rpartition(":")
     if colon:
         import_user_module(module, f"env {env_id!r}")
     try:
         gym.spec(name)
-    except gym.error.Error as exc:
-        raise CLIError(f"unknown env {env_id!r} ({exc}); `plasticity-gym list` shows the envs, or give your "
-                       "own as module:EnvId") from None
+    except gym.error.Error:
+        raise CLIError(f"unknown env {env_id!r}{did_you_mean(name, _known_env_ids())}; `plasticity-gym list` shows "
+                       "the envs, or give your own as module:EnvId") from None
+
+
+def _check_scale(env_id: str, scale: str) -> None:
+    """A scale the env names (when it names any), or a one-line error with the closest one."""
+    from plasticity_gym.harness.resolve import did_you_mean
+
+    scales, _ = _env_scales(env_id.rpartition(":")[2])
+    if scales and scale not in scales:
+        raise CLIError(f"unknown scale {scale!r} of {env_id}{did_you_mean(scale, scales)}; its scales: "
+                       f"{', '.join(scales)}")
 
 
 def _check_agents(agents: Sequence[str]) -> None:
@@ -257,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Everything that can be checked is checked before any work.
     _check_counts(args)
     _check_env_id(args.env_id)
+    _check_scale(args.env_id, args.scale)
     _check_agents([args.agent])
     agent_slug = args.agent.split(":")[-1].replace("/", "-")
     out = Path(args.out or f"runs/{args.env_id.split(':')[-1]}-{agent_slug}-{args.scale}.json")
@@ -266,7 +289,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_writable(ckpt, "--checkpoint")
     # One run at a time writes these files: a second run with the same --out refuses at once.
     with exclusive_run([out] + ([ckpt] if ckpt is not None else [])):
-        return _run_locked(args, out, ckpt)
+        try:
+            return _run_locked(args, out, ckpt)
+        except KeyboardInterrupt:
+            print(f"\nplasticity-gym: interrupted; {_resume_hint(args, ckpt)}", file=sys.stderr)
+            return 130
+
+
+def _resume_hint(args: argparse.Namespace, ckpt: Path | None) -> str:
+    """Where an interrupted run's checkpoint is and the command that continues it."""
+    from plasticity_gym.harness.checkpoint import part_checkpoints
+
+    if ckpt is None:
+        return "checkpoints were off (--checkpoint-every 0): nothing to resume, run it again"
+    if not (ckpt.exists() or part_checkpoints(ckpt)):
+        return (f"it stopped before its first checkpoint (every {args.checkpoint_every:,} examples) to {ckpt}: "
+                "nothing to resume, run it again")
+    argv = [a for a in shlex.split(args.command_line) if a not in ("--fresh", "--resume")]
+    return (f"the checkpoint {ckpt} holds the run up to its last save (every {args.checkpoint_every:,} examples); "
+            f"continue it with: {shlex.join([*argv, '--resume'])}")
 
 
 def _run_locked(args: argparse.Namespace, out: Path, ckpt: Path | None) -> int:
@@ -420,11 +461,23 @@ def cmd_resummarize(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from plasticity_gym.harness import boards
 
-    board_dir = Path(args.dir) if args.dir else boards.default_dir()
-    if args.dir and board_dir.exists() and not board_dir.is_dir():
-        raise CLIError(f"--dir {board_dir} is a file; give the board folder that holds <env id>/<scale>/*.json "
-                       "(a result file goes in --include)")
-    paths: list[Path] = [board_dir] if board_dir.is_dir() else []
+    from plasticity_gym.harness.resolve import did_you_mean
+
+    if args.include and args.dir is None and not Path("leaderboards").is_dir():
+        board_dir = None  # only the included files
+    else:
+        board_dir = boards.board_dir(args.dir)
+    if args.env_id and not args.include:  # before loading every entry: a typo is said at once
+        folders = sorted(p.name for p in board_dir.iterdir() if p.is_dir()) if board_dir is not None else []
+        if args.env_id not in folders and args.env_id not in _known_env_ids():
+            raise CLIError(f"no board of env {args.env_id!r}{did_you_mean(args.env_id, folders)} under {board_dir}; "
+                           f"its boards: {', '.join(f for f in folders if f != 'figures') or 'none'}")
+    if args.scale and board_dir is not None and not args.include:
+        scales = sorted({p.name for p in board_dir.glob("*/*") if p.is_dir()})
+        if args.scale not in scales:
+            raise CLIError(f"no board of scale {args.scale!r}{did_you_mean(args.scale, scales)} under {board_dir}; "
+                           f"its scales: {', '.join(scales) or 'none'}")
+    paths: list[Path] = [board_dir] if board_dir is not None else []
     paths += [Path(p) for p in args.include]
     rejected: list[Path] = []
 
@@ -450,9 +503,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         print(f"updated {args.update_readme}")
     else:
         print(text, end="")
+    if args.figures:
+        if board_dir is None:
+            raise CLIError("--figures redraws a board folder's figures: give --dir (or run beside leaderboards/)")
+        own = [(p, r) for p, r in entries if board_dir.resolve() in p.resolve().parents
+               and (not args.env_id or r.env_id == args.env_id) and (not args.scale or r.scale == args.scale)]
+        for path in _redraw_figures(board_dir, {(r.env_id, r.scale) for _, r in own}, own):
+            print(f"wrote {path}")
     # A file given with --include that was left out is a failure; a bad board file is named only.
     included = {f.resolve() for f in boards.entry_files(args.include)}
     return 1 if any(p.resolve() in included for p in rejected) else 0
+
+
+def _redraw_figures(board_dir: Path, keys: set[tuple[str, str]], entries: Sequence[tuple[Path, Any]]) -> list[Path]:
+    """Redraw ``<board_dir>/figures`` of each (env id, scale) in ``keys`` from ``entries``."""
+    from plasticity_gym.harness.plot import board_figures
+
+    out: list[Path] = []
+    for env_id, scale in sorted(keys):
+        results = [r for _, r in entries if (r.env_id, r.scale) == (env_id, scale)]
+        if results:
+            out += board_figures(results, board_dir / "figures", env_id.split(":")[-1], scale)
+    return out
 
 
 def _say_skipped(path: Path, errors: Sequence[str]) -> None:
@@ -496,6 +568,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _check_counts(args)
     _check_env_id(args.env_id)
+    _check_scale(args.env_id, args.scale)
     _check_agents(args.agents)
     names = learner_names(args.agents)
     overrides = compare_overrides(args.set, names)
@@ -543,10 +616,10 @@ def cmd_reference(args: argparse.Namespace) -> int:
     from plasticity_gym.harness.suite import regenerate
 
     if args.jobs is not None and args.jobs < 1:
-        raise SystemExit("plasticity-gym: error: --jobs must be >= 1")
+        raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
     if args.seeds is not None and args.seeds < 1:
-        raise SystemExit("plasticity-gym: error: --seeds must be >= 1")
-    return regenerate(args.scale, board_dir=Path(args.dir) if args.dir else boards.default_dir(),
+        raise CLIError(f"--seeds must be >= 1, got {args.seeds}")
+    return regenerate(args.scale, board_dir=boards.board_dir(args.dir),
                       runs_dir=Path(args.runs_dir), envs=args.env, agents=args.agents, seeds=args.seeds,
                       n_workers=args.jobs, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
 
@@ -555,7 +628,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     from plasticity_gym.harness import boards
     from plasticity_gym.harness.site import build_site
 
-    files = build_site(Path(args.dir) if args.dir else boards.default_dir(), args.out, skipped=_say_skipped)
+    files = build_site(boards.board_dir(args.dir), args.out, skipped=_say_skipped)
     pages = [f for f in files if f.suffix == ".html"]
     print(f"wrote {len(pages)} pages ({len(files)} files) to {args.out}; open {files[0]} in a browser")
     return 0
@@ -565,6 +638,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from plasticity_gym.harness import boards
     from plasticity_gym.harness.verify import verify
 
+    target = boards.board_dir(args.dir, new=True)  # before any check: where it would go must exist
     errors, _ = _check_file(args.file)
     if errors:
         print(f"{args.file}: INVALID, not filed\n  " + "\n  ".join(errors))
@@ -588,9 +662,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not report.ok:
             print(f"{args.file}: not filed (its re-run did not reproduce it)")
             return 1
-    dest = boards.submit(args.file, Path(args.dir) if args.dir else boards.default_dir(), name=args.name,
-                         replace=args.replace)
+    dest = boards.submit(args.file, target, name=args.name, replace=args.replace)
     print(f"filed {args.file} as {dest}")
+    # The board's figures show every entry: redrawn with the new one.
+    folder = boards.load_entries([dest.parent], skipped=_say_skipped)
+    for path in _redraw_figures(target, {(r.env_id, r.scale) for _, r in folder}, folder):
+        print(f"redrew {path}")
     return 0
 
 
@@ -626,7 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None) is not None:
         if args.threads < 1:
-            raise SystemExit("plasticity-gym: error: --threads must be >= 1")
+            print(f"plasticity-gym: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
         # Before torch is imported: OpenMP reads its variables when it starts.
         os.environ.update(thread_env(args.threads))
     args.command_line = shlex.join(["plasticity-gym", *argv])

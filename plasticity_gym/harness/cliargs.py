@@ -8,7 +8,11 @@ import argparse
 import json
 from typing import Any, Sequence
 
-__all__ = ["add_episodic_args", "add_run_args", "add_stream_args", "parse_run_argv", "parse_sets", "parse_value"]
+__all__ = ["UsageError", "add_episodic_args", "add_run_args", "add_stream_args", "parse_run_argv", "parse_sets", "parse_value"]
+
+
+class UsageError(ValueError):
+    """A mistake in the command line: one line, exit status 2 (as argparse's own)."""
 
 
 def parse_value(text: str) -> Any:
@@ -29,13 +33,13 @@ def parse_sets(items: Sequence[str] | None, flag: str = "--set", *, nest: bool =
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or not key:
-            raise SystemExit(f"plasticity-gym: error: {flag} expects key=value, got {item!r}")
+            raise UsageError(f"{flag} expects key=value, got {item!r}")
         *parents, leaf = key.split(".") if nest else [key]
         node = out
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SystemExit(f"plasticity-gym: error: {flag} {key}: {part} is both a value and a section")
+                raise UsageError(f"{flag} {key}: {part} is both a value and a section")
         node[leaf] = parse_value(value)
     return out
 

@@ -70,6 +70,9 @@ def run_demo(
     figure = out_dir / FIGURE
     for path in (*outs.values(), figure):  # before any work
         check_writable(path, "--out")
+    from plasticity_gym.harness.plot import plot_results, pyplot
+
+    pyplot()  # matplotlib is a dependency; a broken install is said before the runs, not after
     echo(describe(kwargs, seeds))
     results: dict[str, Result] = {}
     for agent in AGENTS:
@@ -82,8 +85,6 @@ def run_demo(
                                   progress=progress, threads=threads, command=command, out=outs[agent])
         echo(f"wrote {outs[agent]}")
     comparison = rank(results)
-    from plasticity_gym.harness.plot import plot_results
-
     plot_results(list(results.values()), figure,
                  title=f"{ENV_ID}, scale {SCALE} ({int(kwargs.get('n_examples', 0)):,} examples): backprop vs "
                        f"CBP, {seeds} seeds, mean and 95% band")

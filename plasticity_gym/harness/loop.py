@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from plasticity_gym.harness.checkpoint import Checkpoint, set_rng_state
 from plasticity_gym.harness.lanes import Lanes
-from plasticity_gym.harness.probes import ProbeSchedule
+from plasticity_gym.harness.probes import ProbeSchedule, probe_gap
 from plasticity_gym.harness.progress import Progress
 from plasticity_gym.harness.records import BINNED_METRICS, PlasticityLog, env_record
 from plasticity_gym.harness.recorder import VectorStreamRecorder, default_bin_examples
@@ -166,6 +166,10 @@ def run_segments(
                                   if metric in BINNED_METRICS else bin_examples),
                     schedule=ProbeSchedule.for_stream(probe_every, env_rec["budget"]["n_tasks"], probe_size),
                 )
+                agent = getattr(lanes, "agent", None)  # one agent per seed: a user's, or a reference one
+                gap = probe_gap(agent, lanes.spec.ident) if agent is not None and records.schedule.every > 0 else None
+                if gap is not None:  # said once per run, before its work, not per probe
+                    print(f"plasticity-gym: note: {gap}", file=sys.stderr, flush=True)
             st = LoopState(recorder=lanes.recorder(records.metric, records.bin_examples),
                            logs=[PlasticityLog() for _ in lanes.keys])
         n_lanes = len(lanes.keys)

@@ -28,7 +28,7 @@ MAX_DEFAULT_PROBES = 100
 GRADIENT_PROBE_EVERY = 5
 
 __all__ = ["GRADIENT_PROBE_EVERY", "MAX_DEFAULT_PROBES", "ProbeSchedule", "ProbeValues", "ReplicaProber",
-           "flatten_numbers", "gradient_probe_tasks", "plasticity_probe_settings", "probe_agent"]
+           "flatten_numbers", "gradient_probe_tasks", "plasticity_probe_settings", "probe_agent", "probe_gap"]
 
 
 def _default_plasticity_probe() -> Any:
@@ -136,6 +136,35 @@ def _probe_network(model: Any, x: Any, y: Any | None, differentiate: bool) -> Pr
         values["plasticity_score"] = _differentiated("plasticity_score", plasticity_score, model, x,
                                                      _default_plasticity_probe())
     return ProbeValues(flatten_numbers(values), _model_weights(model))
+
+
+# What a probe of a network without hookable activations cannot measure.
+_REPRESENTATION_METRICS = "dead, dormant and active units, feature norm, effective and stable rank"
+
+
+def probe_gap(agent: Any, ident: str) -> str | None:
+    """Why probes of ``agent`` will leave metrics out, in one line, or None when they will not:
+    no ``probe_model()`` (no plasticity metric at all), or a network with no activation modules
+    (``nn.ReLU``, ``nn.Tanh``, ...; e.g. one that calls ``F.relu`` in ``forward``), whose
+    representation metrics are then null."""
+    from plasticity_gym.metrics import ACTIVATION_TYPES
+
+    get_model = getattr(agent, "probe_model", None)
+    if not callable(get_model):
+        return (f"agent {ident!r} has no probe_model(): the result will have no plasticity metrics "
+                f"({_REPRESENTATION_METRICS}, average |w|, weight change, gradient norm, plasticity score); "
+                "give the agent a probe_model() that returns its torch network")
+    try:
+        model = get_model()
+    except TypeError:  # a lockstep learner's probe_model(i)
+        return None
+    if model is None or not callable(getattr(model, "modules", None)):
+        return None
+    if not any(isinstance(m, ACTIVATION_TYPES) for m in model.modules()):
+        return (f"agent {ident!r}: probe_model()'s network has no activation modules to hook (a forward that "
+                "calls F.relu or torch.tanh is not seen): its " + _REPRESENTATION_METRICS + " will be null; "
+                "build it with activation modules (nn.ReLU(), nn.Tanh(), ...) to measure them")
+    return None
 
 
 def probe_agent(env_u: Any, agent: Any, size: int, differentiate: bool = True) -> ProbeValues | None:

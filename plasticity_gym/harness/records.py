@@ -3,6 +3,8 @@ and the validated :class:`~plasticity_gym.harness.result.Result` assembled from 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
@@ -12,7 +14,7 @@ import plasticity_gym
 from plasticity_gym.harness._io import sha256_of, to_jsonable
 from plasticity_gym.harness.probes import flatten_numbers, gradient_probe_tasks, plasticity_probe_settings
 from plasticity_gym.harness.resolve import AgentSpec
-from plasticity_gym.harness.result import Result, code_identity, hardware, now_iso, summarize, versions
+from plasticity_gym.harness.result import Result, code_identity, file_sha256, hardware, now_iso, summarize, versions
 from plasticity_gym.harness.schema import SCHEMA_VERSION
 
 __all__ = ["BINNED_METRICS", "PlasticityLog", "agent_record", "build_result", "env_record", "flatten_numbers",
@@ -43,8 +45,12 @@ def env_record(env_id: str, env_u: Any) -> dict[str, Any]:
 
 
 def agent_record(agent: Any, spec: AgentSpec) -> dict[str, Any]:
-    """The ``agent`` block of a result: name, config and its hash, declarations."""
+    """The ``agent`` block of a result: name, config and its hash, declarations. A user's agent
+    without a ``config`` of its own is recorded with its factory's keyword options (their
+    defaults), and the options it was given on top."""
     config = getattr(agent, "config", None)
+    if config is None and spec.source == "custom":
+        config = dict(spec.factory_defaults)
     if callable(getattr(config, "to_dict", None)):
         config = config.to_dict()
     config = to_jsonable(config) if config is not None else {}
@@ -118,6 +124,19 @@ def _weight_change(previous: list[Any], current: list[Any]) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def agent_source(agent_rec: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"agent_source": {"module", "sha256"}}`` of a user's ``module:factory`` agent: the
+    sha256 of its module's file, so that an edited agent is not taken for the one that ran;
+    ``{}`` for a reference agent or a factory whose module has no file."""
+    if agent_rec.get("source") != "custom":
+        return {}
+    module = str(agent_rec.get("factory", "")).partition(":")[0]
+    path = getattr(sys.modules.get(module), "__file__", None)
+    if not module or not path or not Path(path).is_file():
+        return {}
+    return {"agent_source": {"module": module, "sha256": file_sha256(path)}}
+
+
 def build_result(
     *,
     env_rec: dict[str, Any],
@@ -168,7 +187,7 @@ def build_result(
                                  sum(r["wall_time_s"] for r in runs) or fallback_wall_s, 3),
             "hardware": hardware(device),
             "versions": versions(),
-            "code": code_identity(),
+            "code": {**code_identity(), **agent_source(agent_rec)},
         },
     }
     result = Result(to_jsonable(data))

@@ -8,7 +8,11 @@ MLP agents can also be built as one lockstep learner for many seeds (``AgentSpec
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
+import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +43,9 @@ class AgentSpec:
     # Reference supervised agents: config(obs_space, act_space) -> the validated LearnerConfig
     # (a sweep builds one lockstep learner from several settings' configs).
     config: Callable[..., Any] | None = None
+    # A user's factory: its keyword options' defaults (recorded as the agent's config when the
+    # agent gives none of its own).
+    factory_defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 class UserCodeError(Exception):
@@ -116,11 +123,11 @@ def resolve_agent(
     overrides = dict(overrides or {})
     if callable(agent):
         ident = f"{getattr(agent, '__module__', '?')}:{getattr(agent, '__qualname__', repr(agent))}"
-        return AgentSpec(custom_builder(agent, overrides), "custom", ident, overrides)
+        return _custom_spec(agent, ident, overrides)
     if not isinstance(agent, str) or not agent:
         raise TypeError(f"agent must be a reference name, 'module:factory' or a callable, got {agent!r}")
     if ":" in agent:
-        return AgentSpec(custom_builder(load_factory(agent), overrides), "custom", agent, overrides)
+        return _custom_spec(load_factory(agent), agent, overrides)
 
     import plasticity_gym_agents as reference  # lazy: the harness needs the agents package only for names
 
@@ -135,8 +142,8 @@ def resolve_agent(
                          f"{', '.join(names)} (or your own as module:factory)")
     if agent not in names:
         raise ValueError(
-            f"unknown agent {agent!r}; reference agents for {env_id}: {', '.join(names) or '(none installed)'}; "
-            "or give your own as module:factory"
+            f"unknown agent {agent!r}{did_you_mean(agent, names)}; reference agents for {env_id}: "
+            f"{', '.join(names) or '(none installed)'}; or give your own as module:factory"
         )
     if kind == "episodic":
         def build_rl(observation_space, action_space, seed, device):
@@ -172,10 +179,87 @@ def resolve_agent(
     return AgentSpec(build, "reference", agent, overrides, lockstep_reason, build_lockstep, config)
 
 
-def custom_builder(factory: AgentFactory, overrides: Mapping[str, Any]) -> Callable[..., Any]:
-    """``build(observation_space, action_space, seed, device)`` calling a user's factory."""
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# The arguments the harness gives every factory; the rest of its keyword parameters are options.
+_HARNESS_ARGS = ("seed", "device")
+
+
+def factory_options(factory: AgentFactory) -> tuple[dict[str, Any], bool] | None:
+    """A user's factory's options: ``({name: default or None}, takes **kwargs)``, or None when
+    its signature cannot be read. The first two positional parameters (the spaces) and ``seed``
+    and ``device`` are the harness's, not options."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    spaces = [p.name for p in named if p.kind is p.POSITIONAL_OR_KEYWORD][:2]
+    options = {p.name: (None if p.default is p.empty else p.default) for p in named
+               if p.name not in spaces and p.name not in _HARNESS_ARGS}
+    return options, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+class AgentOptionError(ValueError):
+    """A user's factory does not take an option it was given (``--set``)."""
+
+
+def _custom_spec(factory: AgentFactory, ident: str, overrides: dict[str, Any]) -> AgentSpec:
+    """The spec of a user's factory: its options checked against ``overrides`` before any work,
+    their defaults kept for the record."""
+    found = factory_options(factory)
+    defaults: dict[str, Any] = {}
+    if found is not None:
+        options, open_ended = found
+        defaults = {k: v for k, v in options.items() if _plain(v)}
+        for key in overrides:
+            if key not in options and not open_ended:
+                raise AgentOptionError(
+                    f"agent factory {ident!r} takes no option {key!r}{did_you_mean(key, list(options))} (given as "
+                    f"--set {key}=...); its options: {', '.join(options) or 'none'}")
+    return AgentSpec(custom_builder(factory, overrides, ident), "custom", ident, overrides, factory_defaults=defaults)
+
+
+def _plain(value: Any) -> bool:
+    """A default that a result file can record as it is (JSON-like)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch (CPU and CUDA) from ``seed``:
+    the harness does this before it calls a user's factory, so that an agent drawing from the
+    global generators is the same on every run of the same seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        import torch
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def custom_builder(factory: AgentFactory, overrides: Mapping[str, Any], ident: str = "") -> Callable[..., Any]:
+    """``build(observation_space, action_space, seed, device)`` calling a user's factory, with
+    the global generators seeded from ``seed`` first (:func:`seed_everything`)."""
     def build(observation_space, action_space, seed, device):
-        return factory(observation_space, action_space, seed=seed, device=device, **overrides)
+        seed_everything(int(seed))
+        try:
+            return factory(observation_space, action_space, seed=seed, device=device, **overrides)
+        except TypeError as exc:
+            bad = [k for k in overrides if f"'{k}'" in str(exc)]
+            if bad and "keyword argument" in str(exc):  # the factory rejected an option it was given
+                raise AgentOptionError(f"agent factory {ident or factory!r} rejected the option {bad[0]!r} (given as "
+                                       f"--set {bad[0]}=...): {exc}") from None
+            raise
 
     return build
 

@@ -369,16 +369,30 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def _source_sha256(roots: Sequence[Path]) -> str:
-    """sha256 over the relative paths and bytes of every ``.py`` file under ``roots``."""
+def _package_files(root: Path) -> list[Path]:
+    """The ``.py`` files of the package at ``root`` and of its subpackages (folders with an
+    ``__init__.py``): what an install of the package holds, and nothing else a checkout has."""
+    out = sorted(root.glob("*.py"))
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file()):
+        out += _package_files(sub)
+    return out
+
+
+def _source_sha256(roots: Sequence[tuple[str, Path]]) -> str:
+    """sha256 over the package-relative paths (``<import name>/<path>``) and bytes of every
+    ``.py`` file of the packages ``roots`` (import name, folder): the same for a checkout and for
+    an install of the same code."""
     h = hashlib.sha256()
-    for root in roots:
-        for f in sorted(root.rglob("*.py")):
-            if "__pycache__" in f.parts:
-                continue
-            h.update(f"{root.name}/{f.relative_to(root).as_posix()}\n".encode())
+    for name, root in roots:
+        for f in _package_files(root):
+            h.update(f"{name}/{f.relative_to(root).as_posix()}\n".encode())
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _git(args: Sequence[str], cwd: Path) -> str | None:
@@ -396,18 +410,18 @@ def code_identity() -> dict[str, Any]:
     import plasticity_gym
 
     pkg = Path(plasticity_gym.__file__).resolve().parent
-    roots = [pkg]
+    roots = [("plasticity_gym", pkg)]
     try:
         import plasticity_gym_agents
 
         if getattr(plasticity_gym_agents, "__file__", None):
-            roots.append(Path(plasticity_gym_agents.__file__).resolve().parent)
+            roots.append(("plasticity_gym_agents", Path(plasticity_gym_agents.__file__).resolve().parent))
     except ImportError:
         pass
     commit = _git(["rev-parse", "HEAD"], pkg)
     dirty = None
     if commit:
-        status = _git(["status", "--porcelain", "--untracked-files=no", "--", *map(str, roots)], pkg)
+        status = _git(["status", "--porcelain", "--untracked-files=no", "--", *(str(r) for _, r in roots)], pkg)
         dirty = None if status is None else bool(status)
     return {
         "package_version": plasticity_gym.__version__,

@@ -24,11 +24,12 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -110,12 +111,15 @@ def _write_into(entries: Sequence[Entry], out: Path, board_dir: str | Path | Non
         entry_files = {str(p): _entry_rel(p, root) for p, _ in ranked}
         figure = _find_figure(ranked, root)
         fig_rel = f"figures/{figure.name}" if figure else None
+        methods = figure.with_name(f"{figure.stem}-methods.png") if figure else None
+        methods_rel = f"figures/{methods.name}" if methods is not None and methods.is_file() else None
         pages.append((slug, ranked, fig_rel))
-        emit(f"{slug}.html", _board_page(ranked, fig_rel, entry_files, preliminary))
+        emit(f"{slug}.html", _board_page(ranked, fig_rel, entry_files, preliminary, methods_rel))
         for p, _ in ranked:
             emit(entry_files[str(p)], copy_from=p)
-        if figure and not (out / fig_rel).exists():
-            emit(fig_rel, copy_from=figure)
+        for rel, src in ((fig_rel, figure), (methods_rel, methods)):
+            if rel and src is not None and not (out / rel).exists():
+                emit(rel, copy_from=src)
     emit("index.html", _index_page(pages))
     asset_dir = resources.files("plasticity_gym.harness").joinpath("site_assets")
     for name in ASSETS:
@@ -233,6 +237,55 @@ def _num(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def _shown(value: float | None, metric: str, digits: int = 4) -> str:
+    """A summary value as the boards' README shows it: accuracies and ``*_pct`` metrics in
+    percent with one decimal, everything else with ``digits`` significant digits."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if "accuracy" in metric:
+        return f"{100 * value:.1f}%"
+    if metric.endswith("_pct"):
+        return f"{value:.1f}%"
+    return _num(value, digits)
+
+
+# Flags of `plasticity-gym run` that say how a run was executed (threads, progress line,
+# checkpoints), not what it computed; the page's command to reproduce an entry leaves them out.
+_MACHINERY_FLAGS = {"--threads": 1, "--workers": 1, "--checkpoint": 1, "--checkpoint-every": 1, "--progress": 0,
+                    "--no-progress": 0, "--resume": 0, "--fresh": 0}
+
+
+def user_command(command: str) -> str:
+    """The command a reader types to reproduce an entry: its stored ``plasticity-gym run`` line
+    without run-machinery flags (threads, progress, checkpoints, resume), and with ``--out`` a
+    relative ``runs/<file>`` when it was an absolute or parent path. Other commands as stored."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return command
+    if argv[:2] != ["plasticity-gym", "run"]:
+        return command
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if flag in _MACHINERY_FLAGS:
+            i += 1 + (0 if eq else _MACHINERY_FLAGS[flag])
+            continue
+        if flag == "--out":
+            path = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            rel = PurePosixPath(path)
+            if rel.is_absolute() or ".." in rel.parts:
+                path = f"runs/{rel.name}"
+            out += ["--out", path]
+            i += 1 if eq else 2
+            continue
+        out.append(arg)
+        i += 1
+    return shlex.join(out)
+
+
 def _sort_attr(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else repr(float(value))
 
@@ -281,13 +334,13 @@ def _metric_head(board: Sequence[Entry], metric: str, *, primary: bool) -> str:
     return f'<th data-first="{first}" title="{_e(title)}">{label}{arrow}</th>'
 
 
-def _metric_cell(m: dict[str, Any] | None, seeds: Sequence[int]) -> str:
+def _metric_cell(m: dict[str, Any] | None, seeds: Sequence[int], metric: str = "") -> str:
     if m is None:
         return '<td class="num">—</td>'
-    shown = _num(m["value"])
+    shown = _shown(m["value"], metric)
     if m.get("ci_low") is not None and m.get("ci_high") is not None and len(m["per_seed"]) >= 2:
-        shown += f'<br><span class="ci">[{_num(m["ci_low"], 3)}, {_num(m["ci_high"], 3)}]</span>'
-    per_seed = ", ".join(f"seed {s}: {_num(v)}" for s, v in zip(seeds, m["per_seed"]))
+        shown += f'<br><span class="ci">[{_shown(m["ci_low"], metric, 3)}, {_shown(m["ci_high"], metric, 3)}]</span>'
+    per_seed = ", ".join(f"seed {s}: {_shown(v, metric)}" for s, v in zip(seeds, m["per_seed"]))
     return f'<td class="num" data-sort="{_sort_attr(m["value"])}" title="{_e(per_seed)}">{shown}</td>'
 
 
@@ -356,7 +409,7 @@ def _board_sub(board: Sequence[Entry]) -> str:
 
 
 def _board_page(board: Sequence[Entry], figure: str | None, entry_files: dict[str, str],
-                preliminary: set[str]) -> str:
+                preliminary: set[str], methods: str | None = None) -> str:
     res0 = board[0][1]
     metrics = _metric_names(board)
     head = ["<th data-first=\"ascending\">#</th>", "<th>agent</th>"]
@@ -370,7 +423,7 @@ def _board_page(board: Sequence[Entry], figure: str | None, entry_files: dict[st
                'rules">preliminary</span>' if str(path) in preliminary else "")
         cells = [f'<td class="num" data-sort="{rank}">{rank}</td>',
                  f'<td class="agent" data-sort="{_e(res.agent_name)}">{_agent_label(res)}{tag}</td>']
-        cells += [_metric_cell(res.summary.get(m), res.seeds) for m in metrics]
+        cells += [_metric_cell(res.summary.get(m), res.seeds, m) for m in metrics]
         cells += [f'<td class="num" data-sort="{len(res.seeds)}">{len(res.seeds)}</td>',
                   f'<td class="num" data-sort="{_sort_attr(wall)}">{_duration(wall)}</td>',
                   f'<td><a href="#entry-{rank}">details</a><br><a href="{_href(entry_files[str(path)])}">json</a></td>']
@@ -380,12 +433,17 @@ def _board_page(board: Sequence[Entry], figure: str | None, entry_files: dict[st
              "<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>")
     if figure:
         fig = (f'<figure><img src="{_href(figure)}" alt="{_e(_board_title(res0))}: per-task curves and plasticity '
-               f'metrics of every entry"><figcaption>The board\'s figure, drawn by <code>plasticity-gym plot</code>.'
-               "</figcaption></figure>")
+               f'metrics"><figcaption>The paper\'s agents: curves and plasticity metrics, mean over seeds with the '
+               "board's 95% Student-t band.</figcaption></figure>")
+        if methods:
+            fig += (f'<figure><img src="{_href(methods)}" alt="{_e(_board_title(res0))}: every other entry against '
+                    'backprop and CBP"><figcaption>Every other entry, each in its own panel beside backprop and '
+                    "CBP.</figcaption></figure>")
     else:
-        fig = ('<p class="note">No figure for this board; draw one with <code>plasticity-gym plot '
-               f"&lt;entries&gt; --out figures/{_e(_slug(res0.env_id.split(':')[-1]))}-{_e(_slug(res0.scale))}.png"
-               "</code> in the board directory.</p>")
+        fig = ('<p class="note">No figure for this board; draw its figures with <code>plasticity-gym leaderboard '
+               f"{_e(res0.env_id)} --scale {_e(res0.scale)} --figures --dir &lt;board directory&gt;</code> (or "
+               f"<code>plasticity-gym plot &lt;entries&gt; --out figures/{_e(_slug(res0.env_id.split(':')[-1]))}-"
+               f"{_e(_slug(res0.scale))}.png</code> in the board directory).</p>")
     details = "\n".join(_entry_section(rank, path, res, entry_files[str(path)]) for rank, (path, res) in enumerate(board, 1))
     body = (
         '<nav class="crumbs"><a href="index.html">All boards</a></nav>\n'
@@ -400,8 +458,12 @@ def _entry_section(rank: int, path: Path, res: Result, json_href: str) -> str:
     agent = data["agent"]
     prov = data["provenance"]
     command = prov.get("command")
-    reproduce = (f"<pre><code>{_e(command)}</code></pre>" if command else
+    shown_command = user_command(command) if command else None
+    reproduce = (f'<pre class="reproduce"><code>{_e(shown_command)}</code></pre>' if command else
                  '<p class="note">No command recorded in this entry.</p>')
+    if command and shown_command != command:
+        reproduce += (f'<details><summary>as it was run</summary><pre class="as-run"><code>{_e(command)}</code>'
+                      "</pre></details>")
     metrics = list(res.summary)
     head = "<th data-first=\"ascending\">seed</th>" + "".join(
         f'<th data-first="{"descending" if res.summary[m]["higher_is_better"] else "ascending"}" '
@@ -412,12 +474,12 @@ def _entry_section(rank: int, path: Path, res: Result, json_href: str) -> str:
         cells = [f'<td class="num" data-sort="{seed}">{seed}</td>']
         for m in metrics:
             v = res.summary[m]["per_seed"][i]
-            cells.append(f'<td class="num" data-sort="{_sort_attr(v)}">{_num(v)}</td>')
+            cells.append(f'<td class="num" data-sort="{_sort_attr(v)}">{_shown(v, m)}</td>')
         run_wall = data["runs"][i].get("wall_time_s") if i < len(data["runs"]) else None
         cells.append(f'<td class="num" data-sort="{_sort_attr(run_wall)}">{_duration(run_wall)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     foot = "<td>mean</td>" + "".join(
-        f'<td class="num">{_num(res.summary[m]["value"])}</td>' for m in metrics) + "<td></td>"
+        f'<td class="num">{_shown(res.summary[m]["value"], m)}</td>' for m in metrics) + "<td></td>"
     per_seed = (f'<div class="scroll"><table class="sortable per-seed">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
                 + "\n".join(rows) + f"\n</tbody>\n<tfoot><tr>{foot}</tr></tfoot></table></div>")
     versions = prov.get("versions", {})
@@ -464,7 +526,7 @@ def _index_page(pages: Sequence[tuple[str, Sequence[Entry], str | None]]) -> str
             f"<td><code>{_e(env['data']['name'])}</code></td>"
             f'<td class="num" data-sort="{len(board)}">{len(board)}</td>'
             f"<td>{_e(res.primary)} ({'higher' if higher else 'lower'} is better)</td>"
-            f"<td>{_agent_label(leader)} <span class=\"ci\">{_num(lead_m.get('value'))}</span></td>"
+            f"<td>{_agent_label(leader)} <span class=\"ci\">{_shown(lead_m.get('value'), leader.primary)}</span></td>"
             f"<td>{'yes' if figure else 'no'}</td>"
             "</tr>"
         )

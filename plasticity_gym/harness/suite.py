@@ -171,8 +171,7 @@ def publish(jobs: Sequence[Job], status: dict[Job, int], *, runs_dir: Path, boar
             readme: Path, figures_dir: Path, echo: Callable[[str], None] = print) -> None:
     """File the finished entries, regenerate the README tables and redraw the boards' figures."""
     from plasticity_gym.harness import boards
-    from plasticity_gym.harness.plot import plot_results
-    from plasticity_gym.harness.result import Result
+    from plasticity_gym.harness.plot import board_figures
 
     for job in jobs:
         if status.get(job) == 0:
@@ -182,11 +181,11 @@ def publish(jobs: Sequence[Job], status: dict[Job, int], *, runs_dir: Path, boar
     boards.update_readme(readme, boards.render(entries, markdown=True, relative_to=readme.parent))
     echo(f"updated {readme}")
     for board, scale in sorted({(j.board, j.scale) for j in jobs}):
-        files = sorted((board_dir / board / scale).glob("*.json"))
-        if files:
-            out = plot_results([Result.load(f) for f in files], figures_dir / f"{board}-{scale}.png",
-                               title=f"{board}, scale {scale}")
-            echo(f"wrote {out}")
+        folder = (board_dir / board / scale).resolve()
+        results = [res for path, res in entries if path.resolve().parent == folder]
+        if results:
+            for out in board_figures(results, figures_dir, board, scale):
+                echo(f"wrote {out}")
 
 
 def regenerate(scale: str, *, board_dir: Path, runs_dir: Path = Path("runs"), envs: Sequence[str] | None = None,

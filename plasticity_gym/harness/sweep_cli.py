@@ -18,6 +18,7 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from plasticity_gym.harness.cliargs import UsageError
 from plasticity_gym.harness.threads import thread_env
 
 __all__ = ["add_sweep_parser", "main", "run_sweep_cli"]
@@ -57,9 +58,9 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
     """Run the sweep of parsed ``args``: 0 when every run finished, 1 when some failed."""
     threads = 1 if args.threads is None else args.threads
     if threads < 1:
-        raise SystemExit("plasticity-gym: error: --threads must be >= 1")
+        raise UsageError(f"--threads must be >= 1, got {threads}")
     if args.jobs is not None and args.jobs < 1:
-        raise SystemExit("plasticity-gym: error: --jobs must be >= 1")
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     # Before torch starts: this process (which runs the tasks when --jobs 1) and the workers it
     # starts get `threads` OpenMP/BLAS threads.
     os.environ.update(thread_env(threads))

@@ -83,7 +83,7 @@ def _cli_invocation(argv: list[str]) -> Invocation | None:
         return Invocation(args.env_id, args.agent, args.scale,
                           parse_sets(args.env_set, "--env-set", nest=False), parse_sets(args.set), args.steps,
                           seeds, args.threads)
-    except SystemExit:  # a malformed --set
+    except (SystemExit, ValueError):  # a malformed --set
         return None
 
 
@@ -420,7 +420,7 @@ def compare_runs(stored: Mapping[str, Any], rerun: Mapping[str, Any], index: int
     return None, worst
 
 
-def _setup_differences(entry: Mapping[str, Any], device: str) -> list[str]:
+def _setup_differences(entry: Mapping[str, Any], device: str, rerun_code: Mapping[str, Any] | None = None) -> list[str]:
     prov = entry["provenance"]
     out = []
     if prov["hardware"]["device"] != device:
@@ -435,6 +435,10 @@ def _setup_differences(entry: Mapping[str, Any], device: str) -> list[str]:
     code = prov.get("code")
     if code and code["source_sha256"] != code_identity()["source_sha256"]:
         out.append("source code (provenance.code.source_sha256)")
+    stored_agent = (code or {}).get("agent_source")
+    if stored_agent and stored_agent != (rerun_code or {}).get("agent_source"):  # a user's agent, edited since
+        out.append(f"the agent's module {str(stored_agent.get('module'))[:80]!r} "
+                   "(provenance.code.agent_source.sha256)")
     return out
 
 
@@ -519,7 +523,7 @@ def verify(entry: Mapping[str, Any], k: int | None = 1, *, seeds: Sequence[int] 
                 bin_examples=proto["bin_examples"], progress=progress,
                 lockstep=("on" if len(batch) > 1 else "auto") if lockstep else "off", threads=threads, workers=1)
         reruns.update({run["seed"]: run for run in result.data["runs"]})
-    differences = _setup_differences(entry, dev)
+    differences = _setup_differences(entry, dev, result.data["provenance"]["code"])
     mismatches: dict[int, str | None] = {}
     worst, added = 0.0, []
     for seed in chosen:

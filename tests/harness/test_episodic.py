@@ -203,7 +203,8 @@ def test_hopper_runs_through_the_same_path():
     ("Hopper-v5", "backprop", "'backprop' is a supervised-stream learner, but Hopper-v5 is an episodic RL env"),
     ("SlowRegression-v0", "ppo-cbp", "'ppo-cbp' is a PPO agent for episodic continuous-control envs"),
     ("CartPole-v1", "ppo", "CartPole-v1 has a Discrete action space"),
-    ("AntFriction-v0", "ppo-fancy", "unknown agent 'ppo-fancy'; reference agents for AntFriction-v0: ppo,"),
+    ("AntFriction-v0", "ppo-fancy", "unknown agent 'ppo-fancy' (did you mean 'ppo-cbp'?); reference agents for "
+                                   "AntFriction-v0: ppo,"),
     ("AntFriction-v0", "tests.harness.test_episodic:not_an_agent", "does not follow the EpisodicAgent protocol"),
 ])
 def test_bad_agent_env_combination_is_a_clear_error(cli, env_id, agent, message):

@@ -45,13 +45,13 @@ def test_run_validate_leaderboard_plot(env_id, tmp_path, cli, monkeypatch):
     code, stdout, _ = cli("validate", out)
     assert code == 0 and stdout.strip().endswith("ok")
 
-    code, stdout, _ = cli("leaderboard", env_id, "--scale", "smoke", "--dir", tmp_path / "none",
+    code, stdout, _ = cli("leaderboard", env_id, "--scale", "smoke", "--dir", tmp_path,
                           "--include", out)
     assert code == 0 and env_id in stdout and agent in stdout and res.primary in stdout
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# Boards\n\n{README_START}\nold\n{README_END}\n\nfooter\n")
-    code, _, _ = cli("leaderboard", "--dir", tmp_path / "none", "--include", out, "--update-readme", readme)
+    code, _, _ = cli("leaderboard", "--dir", tmp_path, "--include", out, "--update-readme", readme)
     text = readme.read_text()
     assert code == 0 and "old" not in text and text.endswith("footer\n") and f"| 1 | {agent} |" in text
 

@@ -57,7 +57,7 @@ def test_parse_sets():
     assert parse_sets(["optimizer.lr=3e-3", "cbp.maturity=100", "name=relu", "flag=true", "xs=[1,2]"]) == {
         "optimizer": {"lr": 0.003}, "cbp": {"maturity": 100}, "name": "relu", "flag": True, "xs": [1, 2]}
     assert parse_sets(["a.b=1"], nest=False) == {"a.b": 1}
-    with pytest.raises(SystemExit, match="key=value"):
+    with pytest.raises(ValueError, match="key=value"):  # a usage error: one line, exit status 2
         parse_sets(["novalue"])
 
 

@@ -63,7 +63,7 @@ def test_user_agent_through_the_cli(tmp_path, cli):
     assert agent["config"] == {"lr": 0.005, "kind": "linear"}
     assert res.data["runs"][0]["plasticity"] == {"task": [], "metrics": {}}  # no probe_model: no probes
     assert res.summary["error_last10"]["value"] > 0
-    code, stdout, _ = cli("leaderboard", "--dir", tmp_path / "none", "--include", out)
+    code, stdout, _ = cli("leaderboard", "--dir", tmp_path, "--include", out)
     assert "linear-sgd (custom)" in stdout
 
 

@@ -234,12 +234,19 @@ def test_rebuild_replaces_a_previous_build_and_refuses_other_folders(board_dir, 
 @pytest.fixture(scope="module")
 def reference_site(tmp_path_factory) -> tuple[list, Path, list[Path]]:
     out = tmp_path_factory.mktemp("reference") / "www"
-    entries = boards.load_entries([boards.default_dir()])
+    rejected: list[tuple[Path, list[str]]] = []  # asserted empty below; the other tests use the valid rest
+    entries = boards.load_entries([boards.default_dir()], skipped=lambda p, errors: rejected.append((p, errors)))
+    REFERENCE_REJECTED[:] = rejected
     return entries, out, write_site(entries, out, board_dir=boards.default_dir())
+
+
+REFERENCE_REJECTED: list[tuple[Path, list[str]]] = []
 
 
 def test_the_reference_boards_build(reference_site):
     """Every committed board (streams, vision, episodic RL) renders from its summary metrics."""
+    assert not REFERENCE_REJECTED, "committed entries fail validation: " + "; ".join(
+        f"{p}: {errors[0][:120]}" for p, errors in REFERENCE_REJECTED[:3])
     entries, out, written = reference_site
     assert len(board_pages(out)) == len(boards.group_boards(entries))
     rows = [r["attrs"]["data-entry"] for p in board_pages(out) for r in Page(p).table("board")["rows"]]
@@ -385,3 +392,60 @@ def test_a_recorded_commit_is_shown_with_the_package_version(board_dir, tmp_path
     code = next(t for t in page.tables if t["section"] == path.name and t["name"] == "kv")
     assert "0123abcd" * 5 in code["rows"][0]["cells"][1]["text"]
     assert data["env"]["package_version"] in code["rows"][0]["cells"][1]["text"]
+
+
+def test_the_reproduce_command_is_the_one_a_reader_types():
+    from plasticity_gym.harness.site import user_command
+
+    stored = ("plasticity-gym run PermutedMNIST-v0 --agent cbp --scale cpu --seeds 3 --out "
+              "/tmp/suite4/runs/cpu/PermutedMNIST-v0-cbp.json --no-progress --resume --threads 1 --set lr=0.01")
+    assert user_command(stored) == ("plasticity-gym run PermutedMNIST-v0 --agent cbp --scale cpu --seeds 3 --out "
+                                    "runs/PermutedMNIST-v0-cbp.json --set lr=0.01")
+    assert user_command("plasticity-gym run X-v0 --agent a --out=../r.json --workers=2 --checkpoint-every 0") == (
+        "plasticity-gym run X-v0 --agent a --out runs/r.json")
+    kept = "plasticity-gym run X-v0 --agent a --out runs/mine.json --lockstep off --probe-every 5"
+    assert user_command(kept) == kept  # what changes the result stays
+    assert user_command("plasticity_gym.harness.evaluate('X-v0', 'a')") == "plasticity_gym.harness.evaluate('X-v0', 'a')"
+
+
+_ACCURACY = re.compile(r"^\d{1,3}\.\d%$")
+
+
+@needs_browser
+def test_board_pages_fit_1280_pixels_and_show_percentages(browser, reference_site):
+    """At 1280 px no page scrolls sideways; a board table wider than its frame scrolls inside it
+    with the agent column fixed; accuracies and % metrics read as percentages; the command to
+    reproduce an entry has no run-machinery flags and no absolute path."""
+    _, out, _ = reference_site
+    browser.set_window_size(1280, 1000)
+    scrolled = 0
+    for page in board_pages(out):
+        browser.get(page.as_uri())
+        page_w, view_w = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert page_w <= view_w, f"{page.name}: the page scrolls sideways ({page_w} > {view_w} px)"
+        fits, before, after, frame_left = browser.execute_script("""
+            const frame = document.getElementById('board').parentElement;
+            const agent = () => document.querySelector('#board tbody td.agent').getBoundingClientRect().left;
+            const fits = frame.scrollWidth <= frame.clientWidth;
+            const before = agent();
+            frame.scrollLeft = frame.scrollWidth;
+            return [fits, before, agent(), frame.getBoundingClientRect().left];""")
+        if not fits:
+            scrolled += 1
+            assert abs(after - frame_left) <= 2, f"{page.name}: the agent column scrolled away ({before} -> {after})"
+        cells = browser.execute_script("""
+            const heads = Array.from(document.querySelectorAll('#board thead th'), th => th.textContent);
+            return Array.from(document.querySelectorAll('#board tbody tr'), tr => Array.from(tr.cells, (td, i) =>
+                [heads[i], td.childNodes[0] ? td.childNodes[0].textContent.trim() : '']));""")
+        for row in cells:
+            for head, text in row:
+                if ("accuracy" in head or "_pct" in head) and text not in ("—", "n/a"):
+                    assert _ACCURACY.match(text), f"{page.name}: {head} shown as {text!r}"
+        commands = browser.execute_script(
+            "return Array.from(document.querySelectorAll('pre.reproduce code'), c => c.textContent)")
+        assert commands, page.name
+        for command in commands:
+            assert not re.search(r"--(threads|no-progress|progress|resume|fresh|workers|checkpoint)\b", command), command
+            assert not re.search(r"--out /", command), command
+    assert scrolled, "no reference board is wider than its frame: the sticky column went untested"
