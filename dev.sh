@@ -45,7 +45,7 @@ case "$cmd" in
   test)
     install
     browser
-    "$VENV/bin/python" -m pytest -q "$@"
+    "$VENV/bin/python" -m pytest -q --durations=15 "$@"
     ;;
   bench)
     install
