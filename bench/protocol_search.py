@@ -57,6 +57,9 @@ CANDIDATES: dict[str, list[Candidate]] = {
                   ("backprop", "retrain", "cbp"), probe_every=1, note="10 increments of 5 classes, 20 epochs each"),
         Candidate("ci-20x10", "ClassIncCIFAR100-v0", {"n_increments": 20, "epochs": 10},
                   ("backprop", "retrain", "cbp"), probe_every=1, note="all 20 increments, 10 epochs each"),
+        Candidate("ci-5x60", "ClassIncCIFAR100-v0", {"n_increments": 5, "epochs": 60},
+                  ("backprop", "retrain", "cbp"), probe_every=1,
+                  note="fewer increments, 60 epochs each: can retrain converge within one?"),
     ],
 }
 
