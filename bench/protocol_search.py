@@ -60,6 +60,8 @@ CANDIDATES: dict[str, list[Candidate]] = {
         Candidate("ci-5x60", "ClassIncCIFAR100-v0", {"n_increments": 5, "epochs": 60},
                   ("backprop", "retrain", "cbp"), probe_every=1,
                   note="fewer increments, 60 epochs each: can retrain converge within one?"),
+        Candidate("ci-5x150", "ClassIncCIFAR100-v0", {"n_increments": 5, "epochs": 150},
+                  ("retrain", "backprop", "cbp"), probe_every=1, note="as ci-5x60, 150 epochs each"),
     ],
 }
 
