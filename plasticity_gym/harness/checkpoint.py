@@ -116,6 +116,25 @@ def part_checkpoints(path: str | os.PathLike) -> list[Path]:
     return sorted(path.parent.glob(f"{glob.escape(path.name)}.part-*-of-*")) if path.parent.is_dir() else []
 
 
+def open_part_manifest(ckpt: Checkpoint | None, workers: int, resume: bool) -> list[Path | None]:
+    """The part checkpoints of a run split into ``workers`` processes (``None`` each without a
+    checkpoint). ``ckpt`` becomes the run's manifest: it holds no state, but its fingerprint ties
+    the part checkpoints beside it to this run and this many workers. Refuses existing
+    checkpoints unless ``resume``."""
+    if ckpt is None:
+        return [None] * workers
+    paths: list[Path | None] = [part_checkpoint(ckpt.path, i, workers) for i in range(workers)]
+    existing = [p for p in [ckpt.path, *part_checkpoints(ckpt.path)] if p.exists()]
+    if existing and not resume:
+        raise ValueError(f"checkpoint {existing[0]} exists (an interrupted run): pass resume=True "
+                         "(--resume) to continue it, or delete it (--fresh) to start over")
+    if ckpt.exists():
+        ckpt.load()  # raises when it belongs to another run, or to a run with other workers
+    else:
+        ckpt.save({"parts": [str(p) for p in paths]})
+    return paths
+
+
 def check_writable(path: str | os.PathLike, what: str) -> Path:
     """``path`` as a file this process can create or replace, checked before any work starts.
 

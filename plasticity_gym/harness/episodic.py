@@ -33,14 +33,13 @@ import math
 import numbers
 import os
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 from plasticity_gym.harness._io import sha256_of
-from plasticity_gym.harness.checkpoint import Checkpoint, agent_blob, part_checkpoint, part_checkpoints, restore_agent
+from plasticity_gym.harness.checkpoint import Checkpoint, agent_blob, open_part_manifest, part_checkpoints, restore_agent
 from plasticity_gym.harness.loop import RunOutput, Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
 from plasticity_gym.harness.records import agent_record, build_result, flatten_numbers
@@ -565,17 +564,7 @@ def _run_split(spec: AgentSpec, run: EpisodicRun, seeds: list[int], device: str,
     ``ckpt`` becomes the run's manifest: its fingerprint ties the part checkpoints beside it to
     this run and this many workers."""
     chunks = split_seeds(seeds, workers)
-    paths: list[Path | None] = [None] * workers
-    if ckpt is not None:
-        paths = [part_checkpoint(ckpt.path, i, workers) for i in range(workers)]
-        existing = [p for p in [ckpt.path, *part_checkpoints(ckpt.path)] if p.exists()]
-        if existing and not resume:
-            raise ValueError(f"checkpoint {existing[0]} exists (an interrupted run): pass resume=True "
-                             "(--resume) to continue it, or delete it (--fresh) to start over")
-        if ckpt.exists():
-            ckpt.load()  # raises when it belongs to another run, or to a run with other workers
-        else:
-            ckpt.save({"parts": [str(p) for p in paths]})
+    paths = open_part_manifest(ckpt, workers, resume)
     fingerprint = {} if ckpt is None else dict(ckpt.fingerprint)
     options = {"steps": run.n_examples_total, "diagnose_every": run.diagnose_every}
     parts = [WorkerPart(i, run.env_id, spec.ident, run.scale, dict(run.env_kwargs), dict(spec.overrides),

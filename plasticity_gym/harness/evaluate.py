@@ -14,10 +14,9 @@ import functools
 import numbers
 import os
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from plasticity_gym.harness.checkpoint import Checkpoint, check_writable, part_checkpoint, part_checkpoints
+from plasticity_gym.harness.checkpoint import Checkpoint, check_writable, open_part_manifest, part_checkpoints
 from plasticity_gym.harness.lanes import LockstepLanes, SingleLanes, make_env
 from plasticity_gym.harness.loop import RunOutput, Segment, run_segments
 from plasticity_gym.harness.progress import progress_wanted
@@ -204,17 +203,7 @@ def _run_split(env_id: str, spec: AgentSpec, scale: str, env_kwargs: dict[str, A
     if not isinstance(spec.ident, str) or spec.source != "reference":
         raise ValueError("workers > 1 runs reference agents only (a worker process rebuilds the agent by name)")
     chunks = split_seeds(seeds, workers)
-    paths: list[Path | None] = [None] * workers
-    if ckpt is not None:
-        paths = [part_checkpoint(ckpt.path, i, workers) for i in range(workers)]
-        existing = [p for p in [ckpt.path, *part_checkpoints(ckpt.path)] if p.exists()]
-        if existing and not resume:
-            raise ValueError(f"checkpoint {existing[0]} exists (an interrupted run): pass resume=True "
-                             "(--resume) to continue it, or delete it (--fresh) to start over")
-        if ckpt.exists():
-            ckpt.load()  # raises when it belongs to another run, or to a run with other workers
-        else:
-            ckpt.save({"parts": [str(p) for p in paths]})
+    paths = open_part_manifest(ckpt, workers, resume)
     parts = [WorkerPart(i, env_id, spec.ident, scale, env_kwargs, dict(spec.overrides), tuple(chunk), device,
                         probe_every, probe_size, bin_examples, paths[i], {**fingerprint, "part": i, "seeds": chunk},
                         checkpoint_every if ckpt is not None else 0, resume, threads)
